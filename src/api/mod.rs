@@ -1,0 +1,253 @@
+//! The `OAuthToken` custom resource: the public API users write and `kubectl explain` shows.
+//!
+//! Doc comments on the spec and status types become the CRD's field descriptions, so they are
+//! written for users, not for maintainers.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub mod conditions;
+
+/// API group of every resource this operator serves.
+pub const GROUP: &str = "oauth-token-operator.io";
+
+/// Default keys looked up in the Secret named by `clientSecretRef`.
+pub const DEFAULT_CLIENT_ID_KEY: &str = "client_id";
+pub const DEFAULT_CLIENT_SECRET_KEY: &str = "client_secret";
+/// Default key looked up in the Secret named by `initialRefreshTokenSecretRef`.
+pub const DEFAULT_REFRESH_TOKEN_KEY: &str = "refresh_token";
+
+/// Keeps an OAuth 2.0 access token fresh in a Secret that pods can mount.
+///
+/// The operator obtains an access token from `tokenEndpoint`, writes it to the Secret named by
+/// `secretName` (keys `access_token`, `token_type`, `expires_at`) and refreshes it ahead of
+/// expiry. With the `refreshToken` grant, rotated refresh tokens are kept in a separate Secret
+/// that only the operator reads.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "oauth-token-operator.io",
+    version = "v1alpha1",
+    kind = "OAuthToken",
+    plural = "oauthtokens",
+    singular = "oauthtoken",
+    shortname = "oat",
+    namespaced,
+    status = "OAuthTokenStatus",
+    doc = "OAuthToken keeps an OAuth 2.0 access token fresh in a Secret that pods can mount.",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".status.expiresAt"}"#,
+    printcolumn = r#"{"name":"Next Refresh","type":"date","jsonPath":".status.nextRefreshAt"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct OAuthTokenSpec {
+    /// URL of the provider's token endpoint, for example
+    /// `https://allegro.pl/auth/oauth/token`. Must be `https://` unless the operator runs with
+    /// `--allow-insecure-http`.
+    pub token_endpoint: String,
+
+    /// How the client authenticates at the token endpoint: `ClientSecretBasic` (HTTP Basic
+    /// header, the default), `ClientSecretPost` (`client_id` and `client_secret` in the form
+    /// body) or `None` (public client: only `client_id` is sent).
+    #[serde(default)]
+    pub client_authentication: ClientAuthentication,
+
+    /// Secret in this namespace holding the client credentials. Required unless `clientId` is set
+    /// and `clientAuthentication` is `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_ref: Option<ClientSecretRef>,
+
+    /// Client identifier, for clients whose id is not secret. Takes precedence over the
+    /// `clientIdKey` entry of `clientSecretRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+
+    /// How the operator obtains tokens. Set exactly one of `refreshToken` or
+    /// `clientCredentials`.
+    pub grant: Grant,
+
+    /// Scopes to request, sent space-separated as the `scope` form parameter. Empty means the
+    /// parameter is not sent and the provider's default applies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+
+    /// Value of the `audience` form parameter, for providers that need one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+
+    /// Extra form parameters sent with every token request (for example `resource`). They cannot
+    /// override the parameters the operator sets itself (`grant_type`, `refresh_token`,
+    /// `client_id`, `client_secret`, `scope`, `audience`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra_parameters: BTreeMap<String, String>,
+
+    /// Refresh this long before the access token expires, as a duration such as `15m` or
+    /// `1h30m`. Mutually exclusive with `refreshBeforePercentage`. When neither is set the
+    /// token is refreshed when a third of its lifetime remains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_before: Option<String>,
+
+    /// Refresh when this percentage (1-99) of the access token's lifetime remains. Mutually
+    /// exclusive with `refreshBefore`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 99))]
+    pub refresh_before_percentage: Option<u8>,
+
+    /// Lifetime assumed for an access token when the provider sends no `expires_in` and the
+    /// token is not a JWT with an `exp` claim, as a duration such as `1h`. Defaults to `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_token_lifetime: Option<String>,
+
+    /// Name of the Secret, in this namespace, that receives the access token. Defaults to the
+    /// OAuthToken's name. The operator creates it and refuses to overwrite a Secret that it
+    /// does not control.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+
+    /// Also write the current refresh token to the target Secret (key `refresh_token`). Off by
+    /// default: anyone who can read the pod-facing Secret could otherwise use or burn the
+    /// refresh token, and with rotating providers one stray use revokes the whole grant.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub publish_refresh_token: bool,
+}
+
+/// Client authentication method at the token endpoint (RFC 6749 section 2.3).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ClientAuthentication {
+    /// `client_id` and `client_secret` in an HTTP Basic `Authorization` header.
+    #[default]
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` as form parameters in the request body.
+    ClientSecretPost,
+    /// Public client: only `client_id` is sent, with no secret.
+    None,
+}
+
+/// Reference to the Secret holding the client credentials.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientSecretRef {
+    /// Name of a Secret in the OAuthToken's namespace.
+    pub name: String,
+    /// Key holding the client identifier. Defaults to `client_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id_key: Option<String>,
+    /// Key holding the client secret. Defaults to `client_secret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_key: Option<String>,
+}
+
+/// The OAuth 2.0 grant used to obtain access tokens. Exactly one field must be set.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Grant {
+    /// Refresh-token grant (RFC 6749 section 6): a refresh token obtained once by a human is
+    /// exchanged for access tokens; rotated refresh tokens are stored by the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<RefreshTokenGrant>,
+    /// Client-credentials grant (RFC 6749 section 4.4), for machine-to-machine access.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_credentials: Option<ClientCredentialsGrant>,
+}
+
+/// Settings of the refresh-token grant.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RefreshTokenGrant {
+    /// Secret holding the refresh token from the one-time authorization. It is imported once;
+    /// put a new refresh token in it to re-authorize (the operator imports it when the value
+    /// changes). After the import the operator keeps the rotated refresh token in its own
+    /// Secret, so this Secret may be deleted.
+    pub initial_refresh_token_secret_ref: SecretKeyRef,
+}
+
+/// Settings of the client-credentials grant. It currently has no fields of its own.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct ClientCredentialsGrant {}
+
+/// Reference to one key of a Secret in the OAuthToken's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of a Secret in the OAuthToken's namespace.
+    pub name: String,
+    /// Key within the Secret. Defaults to `refresh_token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// Observed state of an OAuthToken. Never contains token values.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OAuthTokenStatus {
+    /// `Ready` is True while the target Secret holds a valid access token.
+    /// `ReauthorizationRequired` is True when the provider rejected the refresh token
+    /// (`invalid_grant`) and a human must put a new one in the import Secret.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// The `metadata.generation` this status was computed for.
+    pub observed_generation: Option<i64>,
+
+    /// When the published access token expires.
+    pub expires_at: Option<DateTime<Utc>>,
+
+    /// When an access token was last obtained successfully.
+    pub last_refresh_at: Option<DateTime<Utc>>,
+
+    /// When the operator will next request a token: ahead of expiry, or after a failure
+    /// backoff.
+    pub next_refresh_at: Option<DateTime<Utc>>,
+
+    /// Consecutive failed token requests since the last success. Drives the backoff and survives
+    /// operator restarts.
+    #[serde(default)]
+    pub failed_attempts: u32,
+
+    /// When the last failed token request happened.
+    pub last_failure_at: Option<DateTime<Utc>>,
+
+    /// When a refresh token was last imported from `initialRefreshTokenSecretRef`.
+    pub refresh_token_imported_at: Option<DateTime<Utc>>,
+
+    /// Name of the Secret holding the published access token.
+    pub secret_name: Option<String>,
+}
+
+impl OAuthToken {
+    /// Name of the Secret pods mount.
+    pub fn target_secret_name(&self) -> String {
+        self.spec
+            .secret_name
+            .clone()
+            .unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
+    }
+
+    /// Name of the operator-only Secret that keeps the refresh-token chain and the last token.
+    pub fn state_secret_name(&self) -> String {
+        format!(
+            "{}{STATE_SECRET_SUFFIX}",
+            self.metadata.name.clone().unwrap_or_default()
+        )
+    }
+}
+
+/// Suffix of the operator-only state Secret's name.
+pub const STATE_SECRET_SUFFIX: &str = "-oauth-state";
+
+/// Label put on every Secret this operator writes.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_VALUE: &str = "oauth-token-operator";
+/// Label naming the OAuthToken a Secret belongs to.
+pub const OWNER_LABEL: &str = "oauth-token-operator.io/oauthtoken";
+/// Label telling the state Secret from the target Secret.
+pub const SECRET_ROLE_LABEL: &str = "oauth-token-operator.io/role";
+pub const ROLE_STATE: &str = "state";
+pub const ROLE_TARGET: &str = "token";

@@ -1,0 +1,210 @@
+//! The reconcile shell: watches, the shared context, and error handling.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use tracing::{info, warn};
+
+use crate::api::OAuthToken;
+use crate::oauth::TokenClient;
+
+mod reconcile;
+pub mod secrets;
+pub mod settings;
+pub mod state;
+pub mod status;
+
+pub use reconcile::reconcile;
+use state::TokenState;
+
+/// Identifies one OAuthToken: namespace and name.
+pub type ObjectKey = (String, String);
+
+/// Failures of a reconcile that are not the provider's answer (those end up in status).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("OAuthToken has no namespace")]
+    MissingNamespace,
+    #[error("reading inputs from the Kubernetes API failed: {0}")]
+    ReadInputs(#[source] kube::Error),
+    #[error(
+        "persisting the token state failed ({0}); the new state is kept in memory and written before any further token request"
+    )]
+    PersistState(#[source] kube::Error),
+    #[error("writing the target Secret failed: {0}")]
+    PublishToken(#[source] kube::Error),
+    #[error("writing the status failed: {0}")]
+    WriteStatus(#[source] kube::Error),
+}
+
+impl Error {
+    /// A static, low-cardinality name for metrics labels and logs.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::MissingNamespace => "MissingNamespace",
+            Error::ReadInputs(_) => "ReadInputsFailed",
+            Error::PersistState(_) => "PersistStateFailed",
+            Error::PublishToken(_) => "PublishTokenFailed",
+            Error::WriteStatus(_) => "WriteStatusFailed",
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub tokens: TokenClient,
+    pub recorder: Recorder,
+    /// A uniform draw in `[0, 1)` for jitter; replaceable so tests are reproducible.
+    pub jitter: fn() -> f64,
+    /// Token states obtained from the provider whose write to the state Secret failed. They
+    /// hold the only copy of the newest refresh token, so they are written before anything else.
+    parked: Mutex<HashMap<ObjectKey, TokenState>>,
+}
+
+impl Context {
+    pub fn new(client: Client, tokens: TokenClient, reporter: Reporter) -> Context {
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            tokens,
+            jitter: rand::random::<f64>,
+            parked: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn key(&self, token: &OAuthToken) -> ObjectKey {
+        (token.namespace().unwrap_or_default(), token.name_any())
+    }
+
+    fn park(&self, key: ObjectKey, state: TokenState) {
+        self.parked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, state);
+    }
+
+    fn take_parked(&self, key: &ObjectKey) -> Option<TokenState> {
+        self.parked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key)
+    }
+
+    /// Whether any token state still waits to be written; a stopping operator reports it.
+    pub fn has_parked_state(&self) -> bool {
+        !self
+            .parked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+}
+
+/// Retry delay after a reconcile error (Kubernetes API trouble). Provider failures never get
+/// here: their backoff is computed from status.
+fn error_policy(_token: Arc<OAuthToken>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(category = error.category(), %error, "reconcile failed");
+    let jitter = Duration::from_millis((rand::random::<f64>() * 2000.0) as u64);
+    let base = match error {
+        // The newest refresh token exists only in memory: try to write it again soon.
+        Error::PersistState(_) => Duration::from_secs(1),
+        _ => Duration::from_secs(5),
+    };
+    Action::requeue(base + jitter)
+}
+
+/// Which OAuthTokens a change to this Secret concerns: its controller, and every OAuthToken in
+/// its namespace that reads it.
+fn tokens_for_secret(
+    store: &Store<OAuthToken>,
+    secret: &PartialObjectMeta<Secret>,
+) -> Vec<ObjectRef<OAuthToken>> {
+    let namespace = secret.namespace();
+    let name = secret.name_any();
+    let owners: Vec<&str> = secret
+        .owner_references()
+        .iter()
+        .filter(|r| r.kind == "OAuthToken")
+        .map(|r| r.uid.as_str())
+        .collect();
+    store
+        .state()
+        .iter()
+        .filter(|token| token.namespace() == namespace)
+        .filter(|token| {
+            token
+                .uid()
+                .is_some_and(|uid| owners.contains(&uid.as_str()))
+                || reads_secret(token, &name)
+        })
+        .map(|token| ObjectRef::from_obj(token.as_ref()))
+        .collect()
+}
+
+fn reads_secret(token: &OAuthToken, name: &str) -> bool {
+    let spec = &token.spec;
+    spec.client_secret_ref
+        .as_ref()
+        .is_some_and(|r| r.name == name)
+        || spec
+            .grant
+            .refresh_token
+            .as_ref()
+            .is_some_and(|g| g.initial_refresh_token_secret_ref.name == name)
+}
+
+/// Where the controller looks for OAuthTokens.
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    /// Watch only this namespace; `None` watches all namespaces.
+    pub namespace: Option<String>,
+}
+
+/// Runs the controller until a termination signal; in-flight reconciles finish first, so a
+/// refresh that already reached the provider gets its new refresh token persisted.
+pub async fn run(client: Client, tokens: TokenClient, scope: Scope, reporter: Reporter) {
+    // Metadata only: the controller reads Secret values on demand and never caches them.
+    let (oauth_tokens, secrets): (Api<OAuthToken>, Api<PartialObjectMeta<Secret>>) =
+        match &scope.namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        };
+    let context = Arc::new(Context::new(client, tokens, reporter));
+    let secret_changes = watcher(secrets, watcher::Config::default())
+        .default_backoff()
+        .touched_objects();
+    let controller = Controller::new(oauth_tokens, watcher::Config::default());
+    let store = controller.store();
+    info!(namespace = ?scope.namespace, "starting the OAuthToken controller");
+    controller
+        .watches_stream(secret_changes, move |secret| {
+            tokens_for_secret(&store, &secret)
+        })
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, context.clone())
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "reconcile round ended with an error");
+            }
+        })
+        .await;
+    if context.has_parked_state() {
+        warn!(
+            "stopping with token state that could not be written; those chains may need re-authorization"
+        );
+    }
+    info!("controller stopped");
+}

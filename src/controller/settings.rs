@@ -1,0 +1,350 @@
+//! Turning a user's spec into validated settings, with messages that say what to fix.
+
+use std::time::Duration;
+
+use url::Url;
+
+use crate::api::{
+    ClientAuthentication, DEFAULT_CLIENT_ID_KEY, DEFAULT_CLIENT_SECRET_KEY,
+    DEFAULT_REFRESH_TOKEN_KEY, OAuthToken,
+};
+use crate::oauth::{AuthMethod, TokenClient};
+use crate::schedule::{RefreshPolicy, parse_duration};
+
+/// Lifetime assumed when the provider gives no expiry at all.
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// A Secret key the controller reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRef {
+    pub secret: String,
+    pub key: String,
+}
+
+/// Where the client's identity comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientSource {
+    pub method: AuthMethod,
+    /// Literal `spec.clientId`, which wins over `id_key`.
+    pub client_id: Option<String>,
+    pub id_key: Option<KeyRef>,
+    pub secret_key: Option<KeyRef>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GrantSettings {
+    RefreshToken { import: KeyRef },
+    ClientCredentials,
+}
+
+/// A spec that passed validation.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub endpoint: Url,
+    pub client: ClientSource,
+    pub grant: GrantSettings,
+    pub policy: RefreshPolicy,
+    pub default_lifetime: Duration,
+    pub target_secret: String,
+}
+
+impl Settings {
+    /// Names of every Secret the spec references as input.
+    pub fn referenced_secrets(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = [&self.client.id_key, &self.client.secret_key]
+            .into_iter()
+            .flatten()
+            .map(|k| k.secret.as_str())
+            .collect();
+        if let GrantSettings::RefreshToken { import } = &self.grant {
+            names.push(&import.secret);
+        }
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+}
+
+/// Validates the spec. The error is a user-facing message for the `InvalidSpec` condition.
+pub fn resolve(token: &OAuthToken, token_client: &TokenClient) -> Result<Settings, String> {
+    let spec = &token.spec;
+    let endpoint = token_client
+        .check_endpoint(&spec.token_endpoint)
+        .map_err(|e| format!("spec.tokenEndpoint: {e}"))?;
+
+    let grant = match (&spec.grant.refresh_token, &spec.grant.client_credentials) {
+        (Some(refresh), None) => {
+            let reference = &refresh.initial_refresh_token_secret_ref;
+            check_secret_name(
+                "spec.grant.refreshToken.initialRefreshTokenSecretRef.name",
+                &reference.name,
+            )?;
+            GrantSettings::RefreshToken {
+                import: KeyRef {
+                    secret: reference.name.clone(),
+                    key: reference
+                        .key
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_REFRESH_TOKEN_KEY.to_string()),
+                },
+            }
+        }
+        (None, Some(_)) => GrantSettings::ClientCredentials,
+        _ => {
+            return Err(
+                "spec.grant: set exactly one of refreshToken or clientCredentials".to_string(),
+            );
+        }
+    };
+
+    let method = match spec.client_authentication {
+        ClientAuthentication::ClientSecretBasic => AuthMethod::ClientSecretBasic,
+        ClientAuthentication::ClientSecretPost => AuthMethod::ClientSecretPost,
+        ClientAuthentication::None => AuthMethod::None,
+    };
+    let client = match &spec.client_secret_ref {
+        Some(reference) => {
+            check_secret_name("spec.clientSecretRef.name", &reference.name)?;
+            let key = |configured: &Option<String>, default: &str| KeyRef {
+                secret: reference.name.clone(),
+                key: configured.clone().unwrap_or_else(|| default.to_string()),
+            };
+            ClientSource {
+                method,
+                client_id: spec.client_id.clone(),
+                id_key: spec
+                    .client_id
+                    .is_none()
+                    .then(|| key(&reference.client_id_key, DEFAULT_CLIENT_ID_KEY)),
+                secret_key: (method != AuthMethod::None)
+                    .then(|| key(&reference.client_secret_key, DEFAULT_CLIENT_SECRET_KEY)),
+            }
+        }
+        None if method == AuthMethod::None && spec.client_id.is_some() => ClientSource {
+            method,
+            client_id: spec.client_id.clone(),
+            id_key: None,
+            secret_key: None,
+        },
+        None => {
+            return Err(
+                "spec.clientSecretRef is required unless clientAuthentication is None and clientId is set"
+                    .to_string(),
+            );
+        }
+    };
+    if method == AuthMethod::None && grant == GrantSettings::ClientCredentials {
+        return Err(
+            "spec.grant.clientCredentials needs an authenticated client; clientAuthentication None is for public clients"
+                .to_string(),
+        );
+    }
+
+    let policy = match (&spec.refresh_before, spec.refresh_before_percentage) {
+        (Some(_), Some(_)) => {
+            return Err(
+                "set at most one of spec.refreshBefore and spec.refreshBeforePercentage"
+                    .to_string(),
+            );
+        }
+        (Some(before), None) => RefreshPolicy::Before(
+            parse_duration(before).map_err(|e| format!("spec.refreshBefore: {e}"))?,
+        ),
+        (None, Some(percent)) if (1..=99).contains(&percent) => {
+            RefreshPolicy::RemainingPercent(percent)
+        }
+        (None, Some(percent)) => {
+            return Err(format!(
+                "spec.refreshBeforePercentage must be between 1 and 99, got {percent}"
+            ));
+        }
+        (None, None) => RefreshPolicy::default(),
+    };
+    let default_lifetime = match &spec.default_token_lifetime {
+        Some(text) => {
+            let lifetime =
+                parse_duration(text).map_err(|e| format!("spec.defaultTokenLifetime: {e}"))?;
+            if lifetime < Duration::from_secs(1) {
+                return Err("spec.defaultTokenLifetime must be at least 1s".to_string());
+            }
+            lifetime
+        }
+        None => DEFAULT_TOKEN_LIFETIME,
+    };
+
+    let target_secret = token.target_secret_name();
+    check_secret_name("spec.secretName", &target_secret)?;
+
+    Ok(Settings {
+        endpoint,
+        client,
+        grant,
+        policy,
+        default_lifetime,
+        target_secret,
+    })
+}
+
+/// Secret names are DNS subdomains (RFC 1123): lower case alphanumerics, `-` and `.`.
+fn check_secret_name(field: &str, name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("{field}: {name:?} is not a valid Secret name"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{
+        ClientCredentialsGrant, ClientSecretRef, Grant, OAuthTokenSpec, RefreshTokenGrant,
+        SecretKeyRef,
+    };
+    use crate::oauth::ClientOptions;
+
+    fn spec() -> OAuthTokenSpec {
+        OAuthTokenSpec {
+            token_endpoint: "https://idp.test/token".into(),
+            client_authentication: ClientAuthentication::ClientSecretBasic,
+            client_secret_ref: Some(ClientSecretRef {
+                name: "client".into(),
+                client_id_key: None,
+                client_secret_key: Some("secret".into()),
+            }),
+            client_id: None,
+            grant: Grant {
+                refresh_token: Some(RefreshTokenGrant {
+                    initial_refresh_token_secret_ref: SecretKeyRef {
+                        name: "auth".into(),
+                        key: None,
+                    },
+                }),
+                client_credentials: None,
+            },
+            scopes: vec![],
+            audience: None,
+            extra_parameters: Default::default(),
+            refresh_before: None,
+            refresh_before_percentage: None,
+            default_token_lifetime: None,
+            secret_name: None,
+            publish_refresh_token: false,
+        }
+    }
+
+    fn resolve_spec(spec: OAuthTokenSpec) -> Result<Settings, String> {
+        let token = OAuthToken::new("allegro", spec);
+        resolve(&token, &TokenClient::new(ClientOptions::default()).unwrap())
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let settings = resolve_spec(spec()).unwrap();
+        assert_eq!(settings.target_secret, "allegro");
+        assert_eq!(settings.policy, RefreshPolicy::RemainingPercent(33));
+        assert_eq!(settings.default_lifetime, DEFAULT_TOKEN_LIFETIME);
+        assert_eq!(
+            settings.grant,
+            GrantSettings::RefreshToken {
+                import: KeyRef {
+                    secret: "auth".into(),
+                    key: "refresh_token".into()
+                }
+            }
+        );
+        assert_eq!(
+            settings.client.secret_key,
+            Some(KeyRef {
+                secret: "client".into(),
+                key: "secret".into()
+            })
+        );
+        assert_eq!(settings.referenced_secrets(), vec!["auth", "client"]);
+    }
+
+    #[test]
+    fn exactly_one_grant() {
+        let mut both = spec();
+        both.grant.client_credentials = Some(ClientCredentialsGrant {});
+        assert!(resolve_spec(both).unwrap_err().contains("exactly one"));
+        let mut neither = spec();
+        neither.grant.refresh_token = None;
+        assert!(resolve_spec(neither).unwrap_err().contains("exactly one"));
+    }
+
+    #[test]
+    fn refresh_policies_are_exclusive_and_bounded() {
+        let mut both = spec();
+        both.refresh_before = Some("15m".into());
+        both.refresh_before_percentage = Some(20);
+        assert!(resolve_spec(both).is_err());
+        let mut out_of_range = spec();
+        out_of_range.refresh_before_percentage = Some(100);
+        assert!(
+            resolve_spec(out_of_range)
+                .unwrap_err()
+                .contains("between 1 and 99")
+        );
+        let mut bad_duration = spec();
+        bad_duration.refresh_before = Some("a while".into());
+        assert!(
+            resolve_spec(bad_duration)
+                .unwrap_err()
+                .contains("spec.refreshBefore")
+        );
+        let mut before = spec();
+        before.refresh_before = Some("15m".into());
+        assert_eq!(
+            resolve_spec(before).unwrap().policy,
+            RefreshPolicy::Before(Duration::from_secs(900))
+        );
+    }
+
+    #[test]
+    fn insecure_endpoints_are_refused_with_a_hint() {
+        let mut insecure = spec();
+        insecure.token_endpoint = "http://idp.test/token".into();
+        assert!(
+            resolve_spec(insecure)
+                .unwrap_err()
+                .contains("--allow-insecure-http")
+        );
+    }
+
+    #[test]
+    fn public_clients_need_no_secret_but_cannot_use_client_credentials() {
+        let mut public = spec();
+        public.client_authentication = ClientAuthentication::None;
+        public.client_secret_ref = None;
+        public.client_id = Some("app".into());
+        let settings = resolve_spec(public.clone()).unwrap();
+        assert_eq!(settings.client.secret_key, None);
+        public.grant = Grant {
+            refresh_token: None,
+            client_credentials: Some(ClientCredentialsGrant {}),
+        };
+        assert!(resolve_spec(public).is_err());
+        let mut missing = spec();
+        missing.client_secret_ref = None;
+        assert!(
+            resolve_spec(missing)
+                .unwrap_err()
+                .contains("clientSecretRef")
+        );
+    }
+
+    #[test]
+    fn secret_names_are_checked() {
+        let mut bad = spec();
+        bad.secret_name = Some("Bad_Name".into());
+        assert!(resolve_spec(bad).unwrap_err().contains("spec.secretName"));
+    }
+}

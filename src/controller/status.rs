@@ -1,0 +1,273 @@
+//! What a reconcile found, and the status that reports it. Pure: no I/O, time passed in.
+
+use chrono::{DateTime, Utc};
+
+use super::state::{TokenState, rfc3339};
+use crate::api::conditions::{self, FALSE, READY, REAUTHORIZATION_REQUIRED, TRUE, reason};
+use crate::api::{OAuthToken, OAuthTokenStatus};
+use crate::oauth::{FailureKind, OAuthError};
+use crate::schedule::truncate_to_seconds;
+
+/// The result of one reconcile, as far as status and Events are concerned.
+pub enum Outcome {
+    /// A user must fix something before a token can be requested.
+    Blocked {
+        reason: &'static str,
+        message: String,
+    },
+    /// A token was obtained, persisted and published.
+    Issued {
+        state: TokenState,
+        had_token: bool,
+        imported: bool,
+    },
+    /// Nothing to request yet.
+    Waiting {
+        state: TokenState,
+        until: DateTime<Utc>,
+    },
+    /// The token request failed.
+    Failed {
+        state: TokenState,
+        error: OAuthError,
+        attempts: u32,
+        retry_at: DateTime<Utc>,
+        imported: bool,
+    },
+}
+
+impl Outcome {
+    pub fn invalid_spec(message: String) -> Outcome {
+        Outcome::Blocked {
+            reason: reason::INVALID_SPEC,
+            message,
+        }
+    }
+
+    pub fn conflict(message: String) -> Outcome {
+        Outcome::Blocked {
+            reason: reason::SECRET_CONFLICT,
+            message,
+        }
+    }
+}
+
+/// The status to report for `outcome`, derived from the previous one so that unchanged facts
+/// (and condition transition times) stay as they were.
+pub fn desired(
+    token: &OAuthToken,
+    previous: &OAuthTokenStatus,
+    outcome: &Outcome,
+    now: DateTime<Utc>,
+) -> OAuthTokenStatus {
+    let conditions = ConditionWriter {
+        generation: token.metadata.generation,
+        now,
+        uses_refresh_tokens: token.spec.grant.refresh_token.is_some(),
+    };
+    let set =
+        |next: &mut OAuthTokenStatus, type_: &str, status: &str, why: &str, message: String| {
+            conditions.set(next, type_, status, why, message)
+        };
+    let authorized = |next: &mut OAuthTokenStatus| conditions.authorized(next);
+    let mut next = previous.clone();
+    next.observed_generation = token.metadata.generation;
+    next.secret_name = Some(token.target_secret_name());
+
+    match outcome {
+        Outcome::Blocked { reason, message } => {
+            set(&mut next, READY, FALSE, reason, message.clone());
+            if conditions::get(&next.conditions, REAUTHORIZATION_REQUIRED).is_none() {
+                authorized(&mut next);
+            }
+            next.next_refresh_at = None;
+        }
+        Outcome::Issued {
+            state, imported, ..
+        } => {
+            record_token(&mut next, state);
+            next.failed_attempts = 0;
+            next.last_failure_at = None;
+            if *imported {
+                next.refresh_token_imported_at = Some(truncate_to_seconds(now));
+            }
+            set(
+                &mut next,
+                READY,
+                TRUE,
+                reason::TOKEN_VALID,
+                valid_message(state),
+            );
+            authorized(&mut next);
+        }
+        Outcome::Waiting { state, until } => {
+            if previous.failed_attempts == 0 {
+                record_token(&mut next, state);
+                if state.valid_access(now).is_some() {
+                    set(
+                        &mut next,
+                        READY,
+                        TRUE,
+                        reason::TOKEN_VALID,
+                        valid_message(state),
+                    );
+                    authorized(&mut next);
+                }
+            } else if state.valid_access(now).is_none()
+                && conditions::is_true(&next.conditions, READY)
+            {
+                set(
+                    &mut next,
+                    READY,
+                    FALSE,
+                    reason::REFRESH_FAILING,
+                    format!(
+                        "The access token expired and the last {} token requests failed",
+                        previous.failed_attempts
+                    ),
+                );
+            }
+            next.next_refresh_at = Some(*until);
+        }
+        Outcome::Failed {
+            state,
+            error,
+            attempts,
+            retry_at,
+            imported,
+        } => {
+            next.failed_attempts = *attempts;
+            next.last_failure_at = Some(truncate_to_seconds(now));
+            next.next_refresh_at = Some(*retry_at);
+            if *imported {
+                next.refresh_token_imported_at = Some(truncate_to_seconds(now));
+            }
+            let still_valid = state.valid_access(now).is_some();
+            match error.kind() {
+                FailureKind::ReauthorizationRequired => {
+                    let message = format!(
+                        "{error}. A human must authorize again and put the new refresh token in the import Secret"
+                    );
+                    set(
+                        &mut next,
+                        READY,
+                        FALSE,
+                        reason::INVALID_GRANT,
+                        message.clone(),
+                    );
+                    set(
+                        &mut next,
+                        REAUTHORIZATION_REQUIRED,
+                        TRUE,
+                        reason::INVALID_GRANT,
+                        message,
+                    );
+                }
+                kind => {
+                    let ready_reason = match kind {
+                        FailureKind::InvalidClient => Some(reason::INVALID_CLIENT),
+                        FailureKind::Configuration => Some(reason::PROVIDER_REJECTED),
+                        _ if still_valid => None,
+                        _ => Some(reason::REFRESH_FAILING),
+                    };
+                    match ready_reason {
+                        Some(why) => set(&mut next, READY, FALSE, why, error.to_string()),
+                        None => set(
+                            &mut next,
+                            READY,
+                            TRUE,
+                            reason::TOKEN_VALID,
+                            format!("{}; refreshing failed: {error}", valid_message(state)),
+                        ),
+                    }
+                    if *imported
+                        || conditions::get(&next.conditions, REAUTHORIZATION_REQUIRED).is_none()
+                    {
+                        authorized(&mut next);
+                    }
+                }
+            }
+        }
+    }
+    next
+}
+
+struct ConditionWriter {
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+    uses_refresh_tokens: bool,
+}
+
+impl ConditionWriter {
+    fn set(
+        &self,
+        next: &mut OAuthTokenStatus,
+        type_: &str,
+        status: &str,
+        why: &str,
+        message: String,
+    ) {
+        conditions::set(
+            &mut next.conditions,
+            type_,
+            status,
+            why,
+            message,
+            self.generation,
+            self.now,
+        );
+    }
+
+    /// `ReauthorizationRequired=False`, with a reason that fits the grant.
+    fn authorized(&self, next: &mut OAuthTokenStatus) {
+        let (why, message) = if self.uses_refresh_tokens {
+            (reason::AUTHORIZED, "The provider accepts the refresh token")
+        } else {
+            (
+                reason::NOT_APPLICABLE,
+                "The client-credentials grant needs no refresh token",
+            )
+        };
+        self.set(
+            next,
+            REAUTHORIZATION_REQUIRED,
+            FALSE,
+            why,
+            message.to_string(),
+        );
+    }
+}
+
+fn record_token(status: &mut OAuthTokenStatus, state: &TokenState) {
+    if let Some(access) = &state.access {
+        status.expires_at = Some(access.expires_at);
+        status.last_refresh_at = Some(access.issued_at);
+        status.next_refresh_at = Some(access.refresh_at);
+    }
+}
+
+fn valid_message(state: &TokenState) -> String {
+    match &state.access {
+        Some(access) => format!("Access token valid until {}", rfc3339(access.expires_at)),
+        None => "No access token".to_string(),
+    }
+}
+
+/// The `Ready` condition's reason, if any.
+pub fn ready_reason(status: &OAuthTokenStatus) -> Option<String> {
+    conditions::get(&status.conditions, READY).map(|c| c.reason.clone())
+}
+
+/// `nextRefreshAt` for messages.
+pub fn next_text(status: &OAuthTokenStatus) -> String {
+    status
+        .next_refresh_at
+        .map(rfc3339)
+        .unwrap_or_else(|| "(not scheduled)".to_string())
+}
+
+/// A JSON merge patch that replaces the whole status; absent fields become `null` and are
+/// removed, so nothing stale survives.
+pub fn merge_patch(status: &OAuthTokenStatus) -> serde_json::Value {
+    serde_json::json!({ "status": status })
+}

@@ -1,0 +1,287 @@
+//! What can go wrong at a token endpoint, and what each failure means for the caller.
+//!
+//! Messages carry the OAuth error code and the HTTP status only: never a response body,
+//! `error_description`, token or client secret.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+/// How the controller should react to a failed token request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The refresh token is dead (`invalid_grant`): a human must re-authorize. Retrying soon
+    /// only hammers the provider.
+    ReauthorizationRequired,
+    /// The client credentials were rejected; retrying cannot help until they change.
+    InvalidClient,
+    /// The provider rejected the request for a reason that the user must fix (bad scope,
+    /// unsupported grant, ...), or the spec cannot be used.
+    Configuration,
+    /// Might pass on its own: overload, rate limit, timeout, a broken response.
+    Transient,
+}
+
+/// A failed token request.
+#[derive(Debug, thiserror::Error)]
+pub enum OAuthError {
+    #[error("token endpoint URL is invalid: {0}")]
+    InvalidEndpoint(&'static str),
+
+    #[error(
+        "token endpoint uses http://, which sends credentials in clear text; use https:// or run the operator with --allow-insecure-http"
+    )]
+    InsecureEndpoint,
+
+    #[error("token endpoint answered HTTP {status} with OAuth error {code}")]
+    Rejected { status: u16, code: ErrorCode },
+
+    #[error("token endpoint answered HTTP {status} (rate limited or unavailable){}", retry_after_text(*.retry_after))]
+    Throttled {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+
+    #[error("token endpoint answered HTTP {status}")]
+    UnexpectedStatus { status: u16 },
+
+    #[error("token request timed out after {0:?}")]
+    Timeout(Duration),
+
+    #[error("could not connect to the token endpoint")]
+    Connect,
+
+    #[error("token endpoint tried to redirect (HTTP {status}); redirects are not followed")]
+    Redirect { status: u16 },
+
+    #[error("token request failed in transport")]
+    Transport,
+
+    #[error("token endpoint response is larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
+
+    #[error("token endpoint answered HTTP {status} with an unusable body: {problem}")]
+    Malformed { status: u16, problem: &'static str },
+}
+
+fn retry_after_text(retry_after: Option<Duration>) -> String {
+    retry_after
+        .map(|d| format!(", retry after {}s", d.as_secs()))
+        .unwrap_or_default()
+}
+
+impl OAuthError {
+    /// What the failure means for scheduling and conditions.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            OAuthError::InvalidEndpoint(_) | OAuthError::InsecureEndpoint => {
+                FailureKind::Configuration
+            }
+            OAuthError::Rejected { code, .. } => match code.as_str() {
+                "invalid_grant" => FailureKind::ReauthorizationRequired,
+                "invalid_client" | "unauthorized_client" => FailureKind::InvalidClient,
+                "temporarily_unavailable" | "server_error" | "slow_down" => FailureKind::Transient,
+                _ => FailureKind::Configuration,
+            },
+            OAuthError::UnexpectedStatus { status: 401 } => FailureKind::InvalidClient,
+            OAuthError::Throttled { .. }
+            | OAuthError::UnexpectedStatus { .. }
+            | OAuthError::Timeout(_)
+            | OAuthError::Connect
+            | OAuthError::Redirect { .. }
+            | OAuthError::Transport
+            | OAuthError::BodyTooLarge { .. }
+            | OAuthError::Malformed { .. } => FailureKind::Transient,
+        }
+    }
+
+    /// A static, low-cardinality name for metrics labels and Event reasons.
+    pub fn category(&self) -> &'static str {
+        match self {
+            OAuthError::InvalidEndpoint(_) => "InvalidEndpoint",
+            OAuthError::InsecureEndpoint => "InsecureEndpoint",
+            OAuthError::Rejected { .. } => match self.kind() {
+                FailureKind::ReauthorizationRequired => "InvalidGrant",
+                FailureKind::InvalidClient => "InvalidClient",
+                FailureKind::Transient => "ProviderUnavailable",
+                FailureKind::Configuration => "ProviderRejected",
+            },
+            OAuthError::Throttled { .. } => "Throttled",
+            OAuthError::UnexpectedStatus { .. } => "UnexpectedStatus",
+            OAuthError::Timeout(_) => "Timeout",
+            OAuthError::Connect => "ConnectionFailed",
+            OAuthError::Redirect { .. } => "Redirect",
+            OAuthError::Transport => "TransportError",
+            OAuthError::BodyTooLarge { .. } => "ResponseTooLarge",
+            OAuthError::Malformed { .. } => "MalformedResponse",
+        }
+    }
+
+    /// The wait the provider asked for, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            OAuthError::Throttled { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// An OAuth `error` code from a response body, restricted to a safe shape.
+///
+/// The code is the one piece of a response body that is echoed into status and Events, so
+/// anything that does not look like an RFC 6749 error code is replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorCode(String);
+
+impl ErrorCode {
+    pub fn new(raw: &str) -> ErrorCode {
+        let looks_like_a_code = !raw.is_empty()
+            && raw.len() <= 64
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if looks_like_a_code {
+            ErrorCode(raw.to_string())
+        } else {
+            ErrorCode("unrecognized_error".to_string())
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Longest wait honoured from a `Retry-After` header; a provider asking for more is most likely
+/// misconfigured, and the controller's own slow retry takes over.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// Parses a `Retry-After` header value: delay-seconds or an HTTP-date (RFC 9110 section 10.2.3).
+pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+    let value = value.trim();
+    let wait = if let Ok(seconds) = value.parse::<u64>() {
+        Duration::from_secs(seconds)
+    } else {
+        let at = DateTime::parse_from_rfc2822(value)
+            .ok()?
+            .with_timezone(&Utc);
+        (at - now).to_std().unwrap_or(Duration::ZERO)
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn rejected(code: &str, status: u16) -> OAuthError {
+        OAuthError::Rejected {
+            status,
+            code: ErrorCode::new(code),
+        }
+    }
+
+    #[test]
+    fn oauth_error_codes_are_classified() {
+        assert_eq!(
+            rejected("invalid_grant", 400).kind(),
+            FailureKind::ReauthorizationRequired
+        );
+        assert_eq!(
+            rejected("invalid_client", 401).kind(),
+            FailureKind::InvalidClient
+        );
+        assert_eq!(
+            rejected("unauthorized_client", 400).kind(),
+            FailureKind::InvalidClient
+        );
+        assert_eq!(
+            rejected("invalid_scope", 400).kind(),
+            FailureKind::Configuration
+        );
+        assert_eq!(
+            rejected("temporarily_unavailable", 503).kind(),
+            FailureKind::Transient
+        );
+        assert_eq!(rejected("invalid_grant", 400).category(), "InvalidGrant");
+        assert_eq!(rejected("invalid_client", 401).category(), "InvalidClient");
+    }
+
+    #[test]
+    fn http_failures_without_oauth_body_are_classified() {
+        assert_eq!(
+            OAuthError::UnexpectedStatus { status: 401 }.kind(),
+            FailureKind::InvalidClient
+        );
+        assert_eq!(
+            OAuthError::UnexpectedStatus { status: 502 }.kind(),
+            FailureKind::Transient
+        );
+        assert_eq!(
+            OAuthError::Timeout(Duration::from_secs(1)).kind(),
+            FailureKind::Transient
+        );
+        assert_eq!(
+            OAuthError::BodyTooLarge { limit: 10 }.kind(),
+            FailureKind::Transient
+        );
+        assert_eq!(
+            OAuthError::InsecureEndpoint.kind(),
+            FailureKind::Configuration
+        );
+    }
+
+    #[test]
+    fn error_codes_that_could_carry_data_are_replaced() {
+        assert_eq!(ErrorCode::new("invalid_grant").as_str(), "invalid_grant");
+        assert_eq!(
+            ErrorCode::new("token eyJhbGciOi.leaked").as_str(),
+            "unrecognized_error"
+        );
+        assert_eq!(
+            ErrorCode::new(&"a".repeat(65)).as_str(),
+            "unrecognized_error"
+        );
+        assert_eq!(ErrorCode::new("").as_str(), "unrecognized_error");
+    }
+
+    #[test]
+    fn messages_carry_code_and_status() {
+        let message = rejected("invalid_grant", 400).to_string();
+        assert_eq!(
+            message,
+            "token endpoint answered HTTP 400 with OAuth error invalid_grant"
+        );
+        let throttled = OAuthError::Throttled {
+            status: 429,
+            retry_after: Some(Duration::from_secs(7)),
+        };
+        assert!(throttled.to_string().ends_with("retry after 7s"));
+    }
+
+    #[test]
+    fn retry_after_accepts_seconds_and_dates() {
+        let now = Utc.with_ymd_and_hms(2015, 10, 21, 7, 28, 0).unwrap();
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:29:30 GMT", now),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("999999", now), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+}

@@ -1,0 +1,406 @@
+//! Talking to OAuth 2.0 token endpoints (RFC 6749): grants, client authentication, response
+//! parsing and error classification. No Kubernetes types here.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, RETRY_AFTER};
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+mod error;
+pub mod jwt;
+mod response;
+
+pub use error::{ErrorCode, FailureKind, MAX_RETRY_AFTER, OAuthError, parse_retry_after};
+pub use response::TokenResponse;
+
+/// Largest token endpoint response read; anything longer is refused before it is parsed.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+/// Default limit for one token request, connection included.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How the client proves its identity (RFC 6749 section 2.3.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMethod {
+    ClientSecretBasic,
+    ClientSecretPost,
+    None,
+}
+
+/// The client's identity at the provider.
+#[derive(Clone)]
+pub struct ClientCredentials {
+    pub method: AuthMethod,
+    pub client_id: String,
+    pub client_secret: Option<SecretString>,
+}
+
+impl std::fmt::Debug for ClientCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCredentials")
+            .field("method", &self.method)
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "[redacted]"),
+            )
+            .finish()
+    }
+}
+
+/// The grant presented at the token endpoint.
+pub enum GrantRequest<'a> {
+    RefreshToken(&'a SecretString),
+    ClientCredentials,
+}
+
+/// Everything one token request needs.
+pub struct TokenRequest<'a> {
+    pub endpoint: &'a Url,
+    pub client: &'a ClientCredentials,
+    pub grant: GrantRequest<'a>,
+    pub scopes: &'a [String],
+    pub audience: Option<&'a str>,
+    pub extra_parameters: &'a BTreeMap<String, String>,
+}
+
+/// Form parameters the operator sets itself; `extraParameters` may not override them.
+const RESERVED_PARAMETERS: &[&str] = &[
+    "grant_type",
+    "refresh_token",
+    "client_id",
+    "client_secret",
+    "scope",
+    "audience",
+];
+
+/// Settings of the HTTP client used for every token request.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    pub timeout: Duration,
+    pub max_response_bytes: usize,
+    pub allow_insecure_http: bool,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            allow_insecure_http: false,
+        }
+    }
+}
+
+/// A token endpoint client: one HTTP connection pool shared by every OAuthToken.
+#[derive(Clone)]
+pub struct TokenClient {
+    http: reqwest::Client,
+    options: ClientOptions,
+}
+
+/// A successful answer, with the moment the request was sent (the start of the token's life).
+#[derive(Debug)]
+pub struct Issued {
+    pub response: TokenResponse,
+    pub requested_at: DateTime<Utc>,
+}
+
+impl TokenClient {
+    pub fn new(options: ClientOptions) -> Result<TokenClient, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(options.timeout)
+            .connect_timeout(options.timeout)
+            .user_agent(concat!("oauth-token-operator/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(TokenClient { http, options })
+    }
+
+    /// Checks that a token endpoint URL may be used with these options.
+    pub fn check_endpoint(&self, raw: &str) -> Result<Url, OAuthError> {
+        let url =
+            Url::parse(raw).map_err(|_| OAuthError::InvalidEndpoint("not an absolute URL"))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if self.options.allow_insecure_http => {}
+            "http" => return Err(OAuthError::InsecureEndpoint),
+            _ => return Err(OAuthError::InvalidEndpoint("scheme must be https")),
+        }
+        if url.host().is_none() {
+            return Err(OAuthError::InvalidEndpoint("no host"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(OAuthError::InvalidEndpoint(
+                "credentials in the URL are not allowed; use clientSecretRef",
+            ));
+        }
+        if url.fragment().is_some() {
+            return Err(OAuthError::InvalidEndpoint(
+                "fragments are not allowed (RFC 6749 section 3.2)",
+            ));
+        }
+        Ok(url)
+    }
+
+    /// Sends one token request and classifies the answer.
+    pub async fn request(&self, request: &TokenRequest<'_>) -> Result<Issued, OAuthError> {
+        let endpoint = self.check_endpoint(request.endpoint.as_str())?;
+        let form = form_body(request);
+        let mut builder = self
+            .http
+            .post(endpoint)
+            .header(ACCEPT, "application/json")
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            );
+        if request.client.method == AuthMethod::ClientSecretBasic {
+            builder = builder.header(AUTHORIZATION, basic_authorization(request.client));
+        }
+        let requested_at = Utc::now();
+        let response = builder
+            .body(form)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, Utc::now()));
+        let declared_length = response
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared_length.is_some_and(|len| len > self.options.max_response_bytes) {
+            return Err(OAuthError::BodyTooLarge {
+                limit: self.options.max_response_bytes,
+            });
+        }
+        let body = self.read_limited(response).await?;
+        let response = response::classify(status, retry_after, &body)?;
+        Ok(Issued {
+            response,
+            requested_at,
+        })
+    }
+
+    async fn read_limited(&self, mut response: reqwest::Response) -> Result<Vec<u8>, OAuthError> {
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| self.transport_error(&e))?
+        {
+            if body.len() + chunk.len() > self.options.max_response_bytes {
+                return Err(OAuthError::BodyTooLarge {
+                    limit: self.options.max_response_bytes,
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    fn transport_error(&self, error: &reqwest::Error) -> OAuthError {
+        if error.is_timeout() {
+            OAuthError::Timeout(self.options.timeout)
+        } else if error.is_connect() {
+            OAuthError::Connect
+        } else if error.is_redirect() {
+            OAuthError::Redirect {
+                status: error.status().map(|s| s.as_u16()).unwrap_or(0),
+            }
+        } else {
+            OAuthError::Transport
+        }
+    }
+}
+
+/// The form body of a token request (RFC 6749 appendix B encoding).
+fn form_body(request: &TokenRequest<'_>) -> String {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    match request.grant {
+        GrantRequest::RefreshToken(token) => {
+            form.append_pair("grant_type", "refresh_token");
+            form.append_pair("refresh_token", token.expose_secret());
+        }
+        GrantRequest::ClientCredentials => {
+            form.append_pair("grant_type", "client_credentials");
+        }
+    }
+    match request.client.method {
+        AuthMethod::ClientSecretBasic => {}
+        AuthMethod::ClientSecretPost => {
+            form.append_pair("client_id", &request.client.client_id);
+            if let Some(secret) = &request.client.client_secret {
+                form.append_pair("client_secret", secret.expose_secret());
+            }
+        }
+        AuthMethod::None => {
+            form.append_pair("client_id", &request.client.client_id);
+        }
+    }
+    if !request.scopes.is_empty() {
+        form.append_pair("scope", &request.scopes.join(" "));
+    }
+    if let Some(audience) = request.audience {
+        form.append_pair("audience", audience);
+    }
+    for (name, value) in request.extra_parameters {
+        if !RESERVED_PARAMETERS.contains(&name.as_str()) {
+            form.append_pair(name, value);
+        }
+    }
+    form.finish()
+}
+
+/// `Authorization: Basic` value: id and secret are form-urlencoded first (RFC 6749 2.3.1).
+fn basic_authorization(client: &ClientCredentials) -> String {
+    let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let secret = client
+        .client_secret
+        .as_ref()
+        .map(|s| encode(s.expose_secret()))
+        .unwrap_or_default();
+    let pair = format!("{}:{}", encode(&client.client_id), secret);
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(method: AuthMethod) -> ClientCredentials {
+        ClientCredentials {
+            method,
+            client_id: "my client".into(),
+            client_secret: Some(SecretString::from("s3cr:et")),
+        }
+    }
+
+    fn request<'a>(
+        endpoint: &'a Url,
+        client: &'a ClientCredentials,
+        grant: GrantRequest<'a>,
+        extra: &'a BTreeMap<String, String>,
+        scopes: &'a [String],
+    ) -> TokenRequest<'a> {
+        TokenRequest {
+            endpoint,
+            client,
+            grant,
+            scopes,
+            audience: Some("api"),
+            extra_parameters: extra,
+        }
+    }
+
+    #[test]
+    fn refresh_form_with_post_auth_carries_credentials() {
+        let url = Url::parse("https://example.test/token").unwrap();
+        let credentials = client(AuthMethod::ClientSecretPost);
+        let token = SecretString::from("rt/1");
+        let extra = BTreeMap::from([
+            ("resource".to_string(), "https://api".to_string()),
+            ("grant_type".to_string(), "password".to_string()),
+        ]);
+        let scopes = vec!["a".to_string(), "b".to_string()];
+        let body = form_body(&request(
+            &url,
+            &credentials,
+            GrantRequest::RefreshToken(&token),
+            &extra,
+            &scopes,
+        ));
+        assert_eq!(
+            body,
+            "grant_type=refresh_token&refresh_token=rt%2F1&client_id=my+client&client_secret=s3cr%3Aet&scope=a+b&audience=api&resource=https%3A%2F%2Fapi"
+        );
+    }
+
+    #[test]
+    fn basic_auth_keeps_credentials_out_of_the_body() {
+        let url = Url::parse("https://example.test/token").unwrap();
+        let credentials = client(AuthMethod::ClientSecretBasic);
+        let extra = BTreeMap::new();
+        let body = form_body(&request(
+            &url,
+            &credentials,
+            GrantRequest::ClientCredentials,
+            &extra,
+            &[],
+        ));
+        assert_eq!(body, "grant_type=client_credentials&audience=api");
+        let header = basic_authorization(&credentials);
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(header.strip_prefix("Basic ").unwrap())
+            .unwrap();
+        assert_eq!(String::from_utf8(decoded).unwrap(), "my+client:s3cr%3Aet");
+    }
+
+    #[test]
+    fn public_clients_send_only_their_id() {
+        let url = Url::parse("https://example.test/token").unwrap();
+        let credentials = client(AuthMethod::None);
+        let extra = BTreeMap::new();
+        let token = SecretString::from("rt");
+        let body = form_body(&request(
+            &url,
+            &credentials,
+            GrantRequest::RefreshToken(&token),
+            &extra,
+            &[],
+        ));
+        assert!(body.contains("client_id=my+client"));
+        assert!(!body.contains("client_secret"));
+    }
+
+    #[test]
+    fn endpoints_are_checked() {
+        let strict = TokenClient::new(ClientOptions::default()).unwrap();
+        assert!(strict.check_endpoint("https://idp.test/token").is_ok());
+        assert!(matches!(
+            strict.check_endpoint("http://127.0.0.1/token"),
+            Err(OAuthError::InsecureEndpoint)
+        ));
+        assert!(matches!(
+            strict.check_endpoint("ftp://idp.test/token"),
+            Err(OAuthError::InvalidEndpoint(_))
+        ));
+        assert!(matches!(
+            strict.check_endpoint("https://user:pw@idp.test/token"),
+            Err(OAuthError::InvalidEndpoint(_))
+        ));
+        assert!(matches!(
+            strict.check_endpoint("/token"),
+            Err(OAuthError::InvalidEndpoint(_))
+        ));
+        let insecure = TokenClient::new(ClientOptions {
+            allow_insecure_http: true,
+            ..ClientOptions::default()
+        })
+        .unwrap();
+        assert!(
+            insecure
+                .check_endpoint("http://127.0.0.1:8080/token")
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn debug_of_credentials_hides_the_secret() {
+        let text = format!("{:?}", client(AuthMethod::ClientSecretPost));
+        assert!(!text.contains("s3cr"));
+        assert!(text.contains("[redacted]"));
+    }
+}

@@ -1,0 +1,444 @@
+//! When to ask for a token: pure functions of the clock, the token's times and the policy.
+//!
+//! Nothing here reads the clock or a random source: callers pass `now` and a jitter draw, so the
+//! schedule is reproducible in tests and computed once per issued token.
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+/// How far ahead of expiry to refresh.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RefreshPolicy {
+    /// Refresh this long before expiry (`refreshBefore`).
+    Before(Duration),
+    /// Refresh when this share of the lifetime remains, in percent (`refreshBeforePercentage`).
+    RemainingPercent(u8),
+}
+
+impl Default for RefreshPolicy {
+    /// When a third of the lifetime remains, like cert-manager's default renewal point.
+    fn default() -> Self {
+        RefreshPolicy::RemainingPercent(33)
+    }
+}
+
+/// Where an access token's expiry came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpirySource {
+    ExpiresIn,
+    JwtExp,
+    DefaultLifetime,
+}
+
+/// Jitter moves a refresh earlier by at most this share of the refresh lead...
+const JITTER_SHARE_OF_LEAD: f64 = 0.1;
+/// ...and never by more than this.
+const MAX_JITTER: Duration = Duration::from_secs(300);
+/// No refresh is scheduled sooner than this after the previous one, so a provider issuing
+/// tokens with tiny or already-past lifetimes cannot drive a hot loop.
+pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Expiry of a token: request time + `expires_in`; else the JWT `exp`; else a default lifetime.
+///
+/// The request time, not the response time, starts the lifetime: the provider's clock started
+/// it somewhere in between, and erring early is safe.
+pub fn token_expiry(
+    requested_at: DateTime<Utc>,
+    expires_in: Option<Duration>,
+    jwt_exp: Option<DateTime<Utc>>,
+    default_lifetime: Duration,
+) -> (DateTime<Utc>, ExpirySource) {
+    if let Some(expires_in) = expires_in {
+        return (requested_at + delta(expires_in), ExpirySource::ExpiresIn);
+    }
+    match jwt_exp {
+        Some(exp) if exp > requested_at => (exp, ExpirySource::JwtExp),
+        _ => (
+            requested_at + delta(default_lifetime),
+            ExpirySource::DefaultLifetime,
+        ),
+    }
+}
+
+/// When to refresh a token issued at `requested_at` that expires at `expires_at`.
+///
+/// `jitter_unit` is a uniform draw in `[0, 1)` taken once per issued token; it moves the refresh
+/// earlier by up to a tenth of the lead (at most five minutes) so that tokens issued together do
+/// not all refresh in the same second. The result is truncated to whole seconds so that it
+/// reads the same in status as in memory.
+pub fn refresh_at(
+    requested_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    policy: RefreshPolicy,
+    jitter_unit: f64,
+) -> DateTime<Utc> {
+    let lifetime = (expires_at - requested_at).max(TimeDelta::zero());
+    let default_lead = lifetime / 3;
+    let lead = match policy {
+        // A lead longer than the whole lifetime would mean "refresh immediately, forever".
+        RefreshPolicy::Before(before) if delta(before) < lifetime => delta(before),
+        RefreshPolicy::Before(_) => default_lead,
+        RefreshPolicy::RemainingPercent(percent) => {
+            scale(lifetime, f64::from(percent.clamp(1, 99)) / 100.0)
+        }
+    };
+    let max_jitter = scale(lead, JITTER_SHARE_OF_LEAD).min(delta(MAX_JITTER));
+    let jitter = scale(max_jitter, jitter_unit.clamp(0.0, 1.0));
+    let earliest = requested_at + delta(MIN_REFRESH_INTERVAL).min(lifetime / 2);
+    truncate_to_seconds((expires_at - lead - jitter).max(earliest))
+}
+
+/// What a failed token request means for the next attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureClass {
+    /// Overload, timeout, broken response: exponential backoff, honouring `Retry-After`.
+    Transient,
+    /// The client or the request is wrong; a user must act. Slower backoff, but a change to the
+    /// referenced Secrets or the spec triggers an immediate retry anyway.
+    NeedsUserAction,
+    /// The refresh token is dead: only a slow retry; importing a new token retries at once.
+    ReauthorizationRequired,
+}
+
+/// First transient backoff step; doubled per consecutive failure.
+pub const TRANSIENT_BACKOFF_BASE: Duration = Duration::from_secs(5);
+/// Longest transient backoff.
+pub const TRANSIENT_BACKOFF_CAP: Duration = Duration::from_secs(300);
+const USER_ACTION_BACKOFF_BASE: Duration = Duration::from_secs(60);
+const USER_ACTION_BACKOFF_CAP: Duration = Duration::from_secs(3600);
+/// How often a dead grant is tried again without any change from the user.
+pub const REAUTHORIZATION_RETRY_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Delay before the next attempt after `failed_attempts` consecutive failures (counting the one
+/// that just happened, so at least 1).
+///
+/// Equal jitter: half the step is fixed, the other half scaled by `jitter_unit` in `[0, 1)`; a
+/// `Retry-After` from the provider is a floor.
+pub fn failure_delay(
+    class: FailureClass,
+    failed_attempts: u32,
+    retry_after: Option<Duration>,
+    jitter_unit: f64,
+) -> Duration {
+    let step = match class {
+        FailureClass::Transient => exponential(
+            TRANSIENT_BACKOFF_BASE,
+            TRANSIENT_BACKOFF_CAP,
+            failed_attempts,
+        ),
+        FailureClass::NeedsUserAction => exponential(
+            USER_ACTION_BACKOFF_BASE,
+            USER_ACTION_BACKOFF_CAP,
+            failed_attempts,
+        ),
+        FailureClass::ReauthorizationRequired => REAUTHORIZATION_RETRY_INTERVAL,
+    };
+    let half = step / 2;
+    let jittered = half + half.mul_f64(jitter_unit.clamp(0.0, 1.0));
+    let jittered = Duration::from_secs(jittered.as_secs().max(1));
+    jittered.max(retry_after.unwrap_or(Duration::ZERO))
+}
+
+fn exponential(base: Duration, cap: Duration, failed_attempts: u32) -> Duration {
+    let doublings = failed_attempts.saturating_sub(1).min(20);
+    base.saturating_mul(1 << doublings).min(cap)
+}
+
+/// What the controller should do about obtaining a token now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Request a token now.
+    RefreshNow(RefreshReason),
+    /// Nothing to request until then.
+    WaitUntil(DateTime<Utc>),
+}
+
+/// Why a token is requested; logged and counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefreshReason {
+    /// No access token has been obtained yet (or it was lost).
+    NoToken,
+    /// A new refresh token was imported.
+    Imported,
+    /// The spec changed since the current token was issued.
+    SpecChanged,
+    /// The scheduled refresh time (or the end of a backoff) arrived.
+    Due,
+}
+
+impl RefreshReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefreshReason::NoToken => "no_token",
+            RefreshReason::Imported => "imported",
+            RefreshReason::SpecChanged => "spec_changed",
+            RefreshReason::Due => "due",
+        }
+    }
+}
+
+/// The inputs of [`decide`].
+#[derive(Clone, Copy, Debug)]
+pub struct Observed {
+    pub now: DateTime<Utc>,
+    /// A new refresh token was just imported and has not been used yet.
+    pub imported: bool,
+    /// `metadata.generation` differs from the generation the current token was issued for.
+    pub spec_changed: bool,
+    /// The current access token's scheduled refresh, if there is a token.
+    pub token_refresh_at: Option<DateTime<Utc>>,
+    /// The next attempt after the most recent failure, if a failure happened after the current
+    /// token was issued.
+    pub retry_at: Option<DateTime<Utc>>,
+}
+
+/// Decides whether to request a token now.
+///
+/// A failure's backoff wins over everything but a fresh import or a spec change, which are user
+/// actions that deserve an immediate attempt.
+pub fn decide(observed: &Observed) -> Decision {
+    if observed.imported {
+        return Decision::RefreshNow(RefreshReason::Imported);
+    }
+    if observed.spec_changed {
+        return Decision::RefreshNow(RefreshReason::SpecChanged);
+    }
+    if let Some(retry_at) = observed.retry_at {
+        return due_or_wait(observed.now, retry_at, RefreshReason::Due);
+    }
+    match observed.token_refresh_at {
+        None => Decision::RefreshNow(RefreshReason::NoToken),
+        Some(at) => due_or_wait(observed.now, at, RefreshReason::Due),
+    }
+}
+
+fn due_or_wait(now: DateTime<Utc>, at: DateTime<Utc>, reason: RefreshReason) -> Decision {
+    if at <= now {
+        Decision::RefreshNow(reason)
+    } else {
+        Decision::WaitUntil(at)
+    }
+}
+
+fn delta(duration: Duration) -> TimeDelta {
+    TimeDelta::from_std(duration).unwrap_or(TimeDelta::MAX)
+}
+
+fn scale(value: TimeDelta, factor: f64) -> TimeDelta {
+    TimeDelta::milliseconds((value.num_milliseconds() as f64 * factor) as i64)
+}
+
+/// Drops sub-second precision: status timestamps are RFC 3339 seconds.
+pub fn truncate_to_seconds(at: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(at.timestamp(), 0).unwrap_or(at)
+}
+
+/// Parses a duration such as `15m`, `1h30m`, `90s` or `1h 30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err("empty duration".to_string());
+    }
+    humantime::parse_duration(trimmed)
+        .map_err(|_| format!("{text:?} is not a duration such as 15m, 1h30m or 90s"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t(seconds: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_700_000_000 + seconds, 0).unwrap()
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn expiry_prefers_expires_in_then_jwt_then_default() {
+        assert_eq!(
+            token_expiry(t(0), Some(secs(3600)), Some(t(99)), secs(60)),
+            (t(3600), ExpirySource::ExpiresIn)
+        );
+        assert_eq!(
+            token_expiry(t(0), None, Some(t(900)), secs(60)),
+            (t(900), ExpirySource::JwtExp)
+        );
+        assert_eq!(
+            token_expiry(t(0), None, None, secs(60)),
+            (t(60), ExpirySource::DefaultLifetime)
+        );
+        // A JWT that is already expired by the provider's own claim cannot schedule anything.
+        assert_eq!(
+            token_expiry(t(0), None, Some(t(-5)), secs(60)),
+            (t(60), ExpirySource::DefaultLifetime)
+        );
+    }
+
+    #[test]
+    fn default_policy_refreshes_when_a_third_remains() {
+        assert_eq!(
+            refresh_at(t(0), t(3000), RefreshPolicy::default(), 0.0),
+            t(2010)
+        );
+    }
+
+    #[test]
+    fn refresh_before_is_a_fixed_lead() {
+        let at = refresh_at(t(0), t(3600), RefreshPolicy::Before(secs(900)), 0.0);
+        assert_eq!(at, t(2700));
+    }
+
+    #[test]
+    fn a_lead_longer_than_the_lifetime_falls_back_to_a_third() {
+        let at = refresh_at(t(0), t(600), RefreshPolicy::Before(secs(900)), 0.0);
+        assert_eq!(at, t(400));
+    }
+
+    #[test]
+    fn percentage_of_lifetime() {
+        let at = refresh_at(t(0), t(1000), RefreshPolicy::RemainingPercent(50), 0.0);
+        assert_eq!(at, t(500));
+        let at = refresh_at(t(0), t(1000), RefreshPolicy::RemainingPercent(10), 0.0);
+        assert_eq!(at, t(900));
+    }
+
+    #[test]
+    fn jitter_moves_earlier_by_at_most_a_tenth_of_the_lead() {
+        let policy = RefreshPolicy::Before(secs(900));
+        let none = refresh_at(t(0), t(3600), policy, 0.0);
+        let most = refresh_at(t(0), t(3600), policy, 0.999_999);
+        assert!(most < none);
+        assert!(none - most <= TimeDelta::seconds(90));
+        assert!(none - most >= TimeDelta::seconds(89));
+        // Long leads cap the jitter at five minutes.
+        let long = RefreshPolicy::Before(secs(86_400));
+        let spread =
+            refresh_at(t(0), t(864_000), long, 0.0) - refresh_at(t(0), t(864_000), long, 0.999_999);
+        assert!(spread <= TimeDelta::seconds(300));
+    }
+
+    #[test]
+    fn same_inputs_give_the_same_schedule() {
+        let policy = RefreshPolicy::default();
+        assert_eq!(
+            refresh_at(t(0), t(3600), policy, 0.42),
+            refresh_at(t(0), t(3600), policy, 0.42)
+        );
+    }
+
+    #[test]
+    fn tiny_lifetimes_cannot_cause_a_hot_loop() {
+        let at = refresh_at(t(0), t(0), RefreshPolicy::default(), 0.5);
+        assert_eq!(at, t(0));
+        let at = refresh_at(t(0), t(2), RefreshPolicy::RemainingPercent(99), 0.5);
+        assert_eq!(at, t(1));
+    }
+
+    #[test]
+    fn transient_backoff_doubles_with_equal_jitter_and_a_cap() {
+        let delays: Vec<u64> = (1..=8)
+            .map(|n| failure_delay(FailureClass::Transient, n, None, 0.0).as_secs())
+            .collect();
+        assert_eq!(delays, vec![2, 5, 10, 20, 40, 80, 150, 150]);
+        let max = failure_delay(FailureClass::Transient, 3, None, 0.999_999);
+        assert!(max <= secs(20) && max >= secs(19));
+        let capped = failure_delay(FailureClass::Transient, 1000, None, 0.999_999);
+        assert!(capped <= TRANSIENT_BACKOFF_CAP);
+    }
+
+    #[test]
+    fn retry_after_is_a_floor() {
+        assert_eq!(
+            failure_delay(FailureClass::Transient, 1, Some(secs(30)), 0.0),
+            secs(30)
+        );
+        assert_eq!(
+            failure_delay(FailureClass::Transient, 5, Some(secs(1)), 0.0),
+            secs(40)
+        );
+    }
+
+    #[test]
+    fn dead_grants_are_retried_slowly() {
+        let delay = failure_delay(FailureClass::ReauthorizationRequired, 1, None, 0.0);
+        assert_eq!(delay, REAUTHORIZATION_RETRY_INTERVAL / 2);
+        let slow = failure_delay(FailureClass::NeedsUserAction, 1, None, 0.0);
+        assert_eq!(slow, secs(30));
+    }
+
+    fn observed() -> Observed {
+        Observed {
+            now: t(100),
+            imported: false,
+            spec_changed: false,
+            token_refresh_at: Some(t(200)),
+            retry_at: None,
+        }
+    }
+
+    #[test]
+    fn waits_for_the_scheduled_refresh() {
+        assert_eq!(decide(&observed()), Decision::WaitUntil(t(200)));
+        let due = Observed {
+            now: t(200),
+            ..observed()
+        };
+        assert_eq!(decide(&due), Decision::RefreshNow(RefreshReason::Due));
+    }
+
+    #[test]
+    fn no_token_means_refresh_now() {
+        let none = Observed {
+            token_refresh_at: None,
+            ..observed()
+        };
+        assert_eq!(decide(&none), Decision::RefreshNow(RefreshReason::NoToken));
+    }
+
+    #[test]
+    fn backoff_holds_even_without_a_token() {
+        let backing_off = Observed {
+            token_refresh_at: None,
+            retry_at: Some(t(150)),
+            ..observed()
+        };
+        assert_eq!(decide(&backing_off), Decision::WaitUntil(t(150)));
+    }
+
+    #[test]
+    fn user_actions_skip_the_backoff() {
+        let imported = Observed {
+            imported: true,
+            retry_at: Some(t(5000)),
+            ..observed()
+        };
+        assert_eq!(
+            decide(&imported),
+            Decision::RefreshNow(RefreshReason::Imported)
+        );
+        let changed = Observed {
+            spec_changed: true,
+            retry_at: Some(t(5000)),
+            ..observed()
+        };
+        assert_eq!(
+            decide(&changed),
+            Decision::RefreshNow(RefreshReason::SpecChanged)
+        );
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("15m"), Ok(secs(900)));
+        assert_eq!(parse_duration("1h30m"), Ok(secs(5400)));
+        assert_eq!(parse_duration("1h 30m"), Ok(secs(5400)));
+        assert_eq!(parse_duration("90s"), Ok(secs(90)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-5m").is_err());
+    }
+}

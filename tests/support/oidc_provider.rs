@@ -1,0 +1,532 @@
+//! A real OAuth 2.0 authorization server for integration tests.
+//!
+//! Spawns `node tests/oidc-provider/server.mjs` (the npm package
+//! `oidc-provider`, see `tests/oidc-provider/README.md`) on an ephemeral
+//! loopback port and talks to its test-only admin routes (`/test/*`).
+//!
+//! * Needs `node` (>= 20) and, on a fresh checkout, `npm` with registry access:
+//!   the first [`OidcProvider::start`] runs `npm ci` in `tests/oidc-provider`
+//!   under an exclusive file lock, so parallel test binaries do not race.
+//! * The child is killed when the [`OidcProvider`] is dropped; it also exits by
+//!   itself when its stdin closes, i.e. when the test process dies.
+//! * `OIDC_NODE` overrides the `node` binary, `OIDC_NPM` the `npm` binary.
+//!
+//! Refresh tokens rotate on every refresh; presenting an already-used refresh
+//! token answers `invalid_grant` AND revokes the whole grant (the newest
+//! refresh token of that grant then fails too).
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// How long to wait for the server's "ready" line after spawning node.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many stderr lines of the server to keep for panic messages.
+const STDERR_TAIL: usize = 200;
+
+/// A static client registered in the test server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Client {
+    pub id: &'static str,
+    /// Empty for the public client.
+    pub secret: &'static str,
+    /// `client_secret_basic`, `client_secret_post` or `none`. The server
+    /// rejects (401 `invalid_client`) the other secret-based method by default.
+    pub auth_method: &'static str,
+}
+
+/// `client_secret_basic`; grants `authorization_code` + `refresh_token`;
+/// scopes `openid offline_access api:read api:write`.
+pub const BASIC_CLIENT: Client = Client {
+    id: "basic-client",
+    secret: "basic-client-secret-0123456789abcdef",
+    auth_method: "client_secret_basic",
+};
+
+/// `client_secret_post`; grants `authorization_code` + `refresh_token`;
+/// scopes `openid offline_access api:read api:write`.
+pub const POST_CLIENT: Client = Client {
+    id: "post-client",
+    secret: "post-client-secret-0123456789abcdef",
+    auth_method: "client_secret_post",
+};
+
+/// Public client (`none`, send `client_id` in the form); grants
+/// `authorization_code` + `refresh_token`; refresh tokens rotate as well.
+pub const PUBLIC_CLIENT: Client = Client {
+    id: "public-client",
+    secret: "",
+    auth_method: "none",
+};
+
+/// `client_secret_basic`; grant `client_credentials`; scopes `api:read api:write`.
+pub const CC_CLIENT: Client = Client {
+    id: "cc-client",
+    secret: "cc-client-secret-0123456789abcdef",
+    auth_method: "client_secret_basic",
+};
+
+/// `client_secret_post`; grant `client_credentials`; scopes `api:read api:write`.
+pub const CC_POST_CLIENT: Client = Client {
+    id: "cc-post-client",
+    secret: "cc-post-client-secret-0123456789abcdef",
+    auth_method: "client_secret_post",
+};
+
+pub const ALL_CLIENTS: [Client; 5] = [
+    BASIC_CLIENT,
+    POST_CLIENT,
+    PUBLIC_CLIENT,
+    CC_CLIENT,
+    CC_POST_CLIENT,
+];
+
+/// Default scope of [`OidcProvider::create_grant`] callers that do not care.
+pub const DEFAULT_SCOPE: &str = "openid offline_access api:read";
+
+#[derive(Debug, Clone)]
+pub struct OidcOptions {
+    /// `expires_in` of access tokens issued by the refresh_token grant.
+    pub access_token_ttl_secs: u64,
+    /// `expires_in` of access tokens issued by the client_credentials grant.
+    pub client_credentials_ttl_secs: u64,
+    /// Lifetime of each (rotated) refresh token.
+    pub refresh_token_ttl_secs: u64,
+    /// Reject `client_secret_basic` for a `client_secret_post` client and vice
+    /// versa (oidc-provider itself accepts both). Default `true`.
+    pub strict_client_auth: bool,
+}
+
+impl Default for OidcOptions {
+    fn default() -> Self {
+        Self {
+            access_token_ttl_secs: 30,
+            client_credentials_ttl_secs: 30,
+            refresh_token_ttl_secs: 24 * 60 * 60,
+            strict_client_auth: true,
+        }
+    }
+}
+
+/// A grant created through the admin API, as if a user had consented.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Grant {
+    pub refresh_token: String,
+    pub grant_id: String,
+    #[serde(default)]
+    pub account_id: String,
+}
+
+/// Token-endpoint counters; every POST to the token endpoint is counted,
+/// rejected and fault-injected ones included.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct Stats {
+    pub token_requests: u64,
+    /// Responses with status 2xx carrying an `access_token`.
+    pub successes: u64,
+    /// By OAuth `error` code (`invalid_grant`, `invalid_client`, ...), or
+    /// `http_<status>` when the body carried no `error`.
+    #[serde(default)]
+    pub errors: BTreeMap<String, u64>,
+    /// By the `grant_type` form parameter (`unknown` when absent).
+    #[serde(default)]
+    pub by_grant_type: BTreeMap<String, u64>,
+    /// By the client id claimed in the request (Basic header or `client_id`).
+    #[serde(default)]
+    pub by_client: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub faults_injected: u64,
+}
+
+impl Stats {
+    pub fn error(&self, code: &str) -> u64 {
+        self.errors.get(code).copied().unwrap_or(0)
+    }
+
+    pub fn grant_type(&self, grant_type: &str) -> u64 {
+        self.by_grant_type.get(grant_type).copied().unwrap_or(0)
+    }
+
+    pub fn client(&self, client_id: &str) -> u64 {
+        self.by_client.get(client_id).copied().unwrap_or(0)
+    }
+
+    pub fn total_errors(&self) -> u64 {
+        self.errors.values().sum()
+    }
+}
+
+/// A fault for the next token-endpoint requests, see [`OidcProvider::inject_faults`].
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub status: u16,
+    /// OAuth `error` in the body; default `temporarily_unavailable` for 5xx,
+    /// `invalid_request` otherwise.
+    pub error: Option<String>,
+    /// `Retry-After` header value in seconds.
+    pub retry_after_secs: Option<u64>,
+    /// Delay before answering.
+    pub delay_ms: u64,
+}
+
+impl Fault {
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            error: None,
+            retry_after_secs: None,
+            delay_ms: 0,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Ready {
+    issuer: String,
+    token_endpoint: String,
+    revocation_endpoint: String,
+    introspection_endpoint: String,
+    pid: u32,
+}
+
+/// A running test authorization server; killed on drop.
+pub struct OidcProvider {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    ready: Ready,
+    options: OidcOptions,
+    http: reqwest::Client,
+}
+
+impl OidcProvider {
+    /// Starts a fresh server (own in-memory state) on an ephemeral port.
+    pub async fn start(opts: OidcOptions) -> OidcProvider {
+        tokio::task::spawn_blocking(ensure_node_modules)
+            .await
+            .expect("npm ci task panicked");
+
+        let dir = provider_dir();
+        let node = std::env::var("OIDC_NODE").unwrap_or_else(|_| "node".to_owned());
+        let mut cmd = Command::new(&node);
+        cmd.current_dir(&dir)
+            .arg("server.mjs")
+            .args(["--port", "0"])
+            .args([
+                "--access-token-ttl",
+                &opts.access_token_ttl_secs.to_string(),
+            ])
+            .args([
+                "--client-credentials-ttl",
+                &opts.client_credentials_ttl_secs.to_string(),
+            ])
+            .args([
+                "--refresh-token-ttl",
+                &opts.refresh_token_ttl_secs.to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if !opts.strict_client_auth {
+            cmd.arg("--lenient-client-auth");
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| {
+            panic!(
+                "failed to spawn `{node} server.mjs` in {}: {e} (is Node.js >= 20 installed? set OIDC_NODE to override)",
+                dir.display()
+            )
+        });
+
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+        let stderr_thread = {
+            let tail = Arc::clone(&stderr_tail);
+            std::thread::Builder::new()
+                .name("oidc-provider-stderr".into())
+                .spawn(move || {
+                    for line in BufReader::new(stderr).lines() {
+                        let Ok(line) = line else { break };
+                        // Captured by the test harness: shown for failing tests.
+                        eprintln!("{line}");
+                        let mut tail = tail.lock().unwrap();
+                        if tail.len() == STDERR_TAIL {
+                            tail.pop_front();
+                        }
+                        tail.push_back(line);
+                    }
+                })
+                .expect("spawn stderr thread")
+        };
+
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<String, String>>();
+        std::thread::Builder::new()
+            .name("oidc-provider-stdout".into())
+            .spawn(move || {
+                let mut lines = BufReader::new(stdout).lines();
+                let first = match lines.next() {
+                    Some(Ok(line)) => Ok(line),
+                    Some(Err(e)) => Err(format!("reading stdout: {e}")),
+                    None => Err("stdout closed before the ready line".to_owned()),
+                };
+                let _ = tx.send(first);
+                // Nothing else is expected on stdout; keep draining it anyway.
+                for _ in lines {}
+            })
+            .expect("spawn stdout thread");
+
+        let failure = match tokio::time::timeout(START_TIMEOUT, rx).await {
+            Ok(Ok(Ok(line))) => match serde_json::from_str::<Ready>(&line) {
+                Ok(ready) => {
+                    let http = reqwest::Client::builder()
+                        .no_proxy()
+                        // Tests may share a provider across runtimes: no pooling.
+                        .pool_max_idle_per_host(0)
+                        .timeout(Duration::from_secs(30))
+                        .build()
+                        .expect("reqwest client");
+                    return OidcProvider {
+                        child,
+                        stdin,
+                        stderr_tail,
+                        ready,
+                        options: opts,
+                        http,
+                    };
+                }
+                Err(e) => format!("unexpected ready line {line:?}: {e}"),
+            },
+            Ok(Ok(Err(e))) => e,
+            Ok(Err(_)) => "stdout reader thread died".to_owned(),
+            Err(_) => format!("no ready line within {START_TIMEOUT:?}"),
+        };
+
+        let _ = child.kill();
+        let status = child.wait();
+        drop(stdin);
+        let _ = stderr_thread.join();
+        let tail: Vec<String> = stderr_tail.lock().unwrap().iter().cloned().collect();
+        panic!(
+            "oidc-provider test server failed to start: {failure}; exit: {status:?}\n--- stderr (tail) ---\n{}",
+            tail.join("\n")
+        );
+    }
+
+    /// `http://127.0.0.1:PORT` (no trailing slash).
+    pub fn issuer(&self) -> &str {
+        &self.ready.issuer
+    }
+
+    pub fn token_endpoint(&self) -> &str {
+        &self.ready.token_endpoint
+    }
+
+    pub fn revocation_endpoint(&self) -> &str {
+        &self.ready.revocation_endpoint
+    }
+
+    pub fn introspection_endpoint(&self) -> &str {
+        &self.ready.introspection_endpoint
+    }
+
+    pub fn options(&self) -> &OidcOptions {
+        &self.options
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.ready.pid
+    }
+
+    /// Last lines the server wrote to stderr (never contains token values).
+    pub fn stderr_tail(&self) -> Vec<String> {
+        self.stderr_tail.lock().unwrap().iter().cloned().collect()
+    }
+
+    fn admin_url(&self, path: &str) -> String {
+        format!("{}/test{path}", self.ready.issuer)
+    }
+
+    async fn admin_json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> T {
+        let url = self.admin_url(path);
+        let mut req = self.http.request(method.clone(), &url);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let status = resp.status();
+        let text = resp
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url}: reading body: {e}"));
+        if !status.is_success() {
+            panic!("{method} {url}: HTTP {status}: {text}");
+        }
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{method} {url}: bad JSON {text:?}: {e}"))
+    }
+
+    /// Creates an account, a Grant and a refresh token for `client_id`, as if
+    /// the user had gone through the authorization code flow. The refresh
+    /// token is usable with `grant_type=refresh_token` by that client.
+    /// `scope` must be a subset of the client's scopes and should contain
+    /// `offline_access`.
+    pub async fn create_grant(&self, client_id: &str, scope: &str) -> Grant {
+        self.admin_json(
+            reqwest::Method::POST,
+            "/grants",
+            Some(serde_json::json!({ "client_id": client_id, "scope": scope })),
+        )
+        .await
+    }
+
+    /// Revokes the grant and all its tokens ("log out everywhere").
+    /// Idempotent: revoking an unknown or already revoked grant succeeds.
+    pub async fn revoke_grant(&self, grant_id: &str) {
+        let path = format!("/grants/{}/revoke", url_path_segment(grant_id));
+        let _: serde_json::Value = self.admin_json(reqwest::Method::POST, &path, None).await;
+    }
+
+    pub async fn stats(&self) -> Stats {
+        self.admin_json(reqwest::Method::GET, "/stats", None).await
+    }
+
+    pub async fn reset_stats(&self) {
+        let _: serde_json::Value = self
+            .admin_json(reqwest::Method::POST, "/stats/reset", None)
+            .await;
+    }
+
+    /// The next `count` token-endpoint requests are answered with `fault`
+    /// instead of reaching oidc-provider (they are still counted in stats).
+    pub async fn inject_faults(&self, count: u32, fault: Fault) {
+        let _: serde_json::Value = self
+            .admin_json(
+                reqwest::Method::POST,
+                "/faults",
+                Some(serde_json::json!({
+                    "count": count,
+                    "status": fault.status,
+                    "error": fault.error,
+                    "retry_after": fault.retry_after_secs,
+                    "delay_ms": fault.delay_ms,
+                })),
+            )
+            .await;
+    }
+
+    /// Drops all pending injected faults.
+    pub async fn clear_faults(&self) {
+        let _: serde_json::Value = self
+            .admin_json(reqwest::Method::DELETE, "/faults", None)
+            .await;
+    }
+}
+
+impl Drop for OidcProvider {
+    fn drop(&mut self) {
+        // Closing stdin alone would make the server exit; kill to be prompt.
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn url_path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `tests/oidc-provider` in this crate.
+pub fn provider_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("oidc-provider")
+}
+
+/// Written into node_modules after a successful `npm ci`; holds the
+/// package-lock.json it was installed from, so a changed lock reinstalls.
+const INSTALL_MARKER: &str = ".oauth-token-operator-npm-ci";
+
+fn installed(dir: &Path, lock: &[u8]) -> bool {
+    dir.join("node_modules/oidc-provider/package.json")
+        .is_file()
+        && fs::read(dir.join("node_modules").join(INSTALL_MARKER)).is_ok_and(|m| m == lock)
+}
+
+/// Runs `npm ci` in `tests/oidc-provider` unless node_modules matches
+/// package-lock.json. Serialised across processes by an exclusive file lock.
+fn ensure_node_modules() {
+    let dir = provider_dir();
+    let lock = fs::read(dir.join("package-lock.json"))
+        .unwrap_or_else(|e| panic!("reading {}/package-lock.json: {e}", dir.display()));
+    if installed(&dir, &lock) {
+        return;
+    }
+
+    let lock_dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    fs::create_dir_all(lock_dir).unwrap_or_else(|e| panic!("creating {}: {e}", lock_dir.display()));
+    let lock_path = lock_dir.join("oidc-provider-npm-ci.lock");
+    let lock_file: File = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", lock_path.display()));
+    lock_file
+        .lock()
+        .unwrap_or_else(|e| panic!("locking {}: {e}", lock_path.display()));
+
+    // Another test binary may have installed while we waited for the lock.
+    if installed(&dir, &lock) {
+        return;
+    }
+
+    let npm = std::env::var("OIDC_NPM").unwrap_or_else(|_| "npm".to_owned());
+    let output = Command::new(&npm)
+        .current_dir(&dir)
+        .args(["ci", "--no-audit", "--no-fund"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "failed to run `{npm} ci` in {}: {e} (is npm installed? set OIDC_NPM to override)",
+                dir.display()
+            )
+        });
+    if !output.status.success() {
+        panic!(
+            "`{npm} ci` in {} failed: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            dir.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    fs::write(dir.join("node_modules").join(INSTALL_MARKER), &lock)
+        .unwrap_or_else(|e| panic!("writing npm ci marker: {e}"));
+    // The lock is released when `lock_file` is dropped.
+}
