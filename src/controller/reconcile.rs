@@ -439,19 +439,18 @@ async fn publish_events(
     let previous_reason = status::ready_reason(previous);
     let next_reason = status::ready_reason(next);
     let mut events = Vec::new();
+    if matches!(
+        outcome,
+        Outcome::Issued { imported: true, .. } | Outcome::Failed { imported: true, .. }
+    ) {
+        events.push((
+            EventType::Normal,
+            "RefreshTokenImported",
+            "Imported a new refresh token from the import Secret".to_string(),
+        ));
+    }
     match outcome {
-        Outcome::Issued {
-            had_token,
-            imported,
-            ..
-        } => {
-            if *imported {
-                events.push((
-                    EventType::Normal,
-                    "RefreshTokenImported",
-                    "Imported a new refresh token from the import Secret".to_string(),
-                ));
-            }
+        Outcome::Issued { had_token, .. } => {
             if !had_token {
                 events.push((
                     EventType::Normal,

@@ -1,1 +1,3 @@
+pub mod fake_token;
+pub mod mock_kube;
 pub mod oidc_provider;

@@ -1,0 +1,446 @@
+//! Reconcile against a mocked Kubernetes API (kube-rs `tower-test` pattern) and a fake token
+//! endpoint: the order of writes, no writes when nothing changed, the foreign-Secret refusal,
+//! a failed state write that must not lose the new refresh token, and failure handling.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use http::Method;
+use kube::runtime::events::Reporter;
+use oauth_token_operator::api::OAuthToken;
+use oauth_token_operator::controller::{Context, reconcile};
+use oauth_token_operator::oauth::{ClientOptions, TokenClient};
+use serde_json::{Value, json};
+use support::fake_token::{Answer, FakeTokenEndpoint};
+use support::mock_kube::{MockApi, NS, secret_path, token_path};
+
+const CLIENT_SECRET: &str = "client-secret-value-9f8e7d";
+
+fn b64(value: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(value)
+}
+
+fn unb64(value: &Value) -> String {
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(value.as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+struct Fixture {
+    api: MockApi,
+    ctx: Arc<Context>,
+    endpoint: FakeTokenEndpoint,
+    token: Arc<OAuthToken>,
+}
+
+impl Fixture {
+    async fn new(expires_in: Option<u64>) -> Fixture {
+        let endpoint = FakeTokenEndpoint::start(expires_in).await;
+        let api = MockApi::default();
+        let token = json!({
+            "apiVersion": "oauth-token-operator.io/v1alpha1",
+            "kind": "OAuthToken",
+            "metadata": {"name": "allegro", "namespace": NS, "uid": "token-uid", "generation": 1},
+            "spec": {
+                "tokenEndpoint": endpoint.url,
+                "clientSecretRef": {"name": "allegro-client"},
+                "grant": {"refreshToken": {"initialRefreshTokenSecretRef": {"name": "allegro-authorization"}}},
+                "secretName": "allegro-token"
+            }
+        });
+        api.put(&token_path("allegro"), token.clone());
+        api.put(
+            &secret_path("allegro-client"),
+            json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "allegro-client", "namespace": NS},
+                   "data": {"client_id": b64("allegro-app"), "client_secret": b64(CLIENT_SECRET)}}),
+        );
+        api.put(
+            &secret_path("allegro-authorization"),
+            json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "allegro-authorization", "namespace": NS},
+                   "data": {"refresh_token": b64("rt-0")}}),
+        );
+        let tokens = TokenClient::new(ClientOptions {
+            timeout: Duration::from_secs(2),
+            allow_insecure_http: true,
+            ..ClientOptions::default()
+        })
+        .unwrap();
+        let mut ctx = Context::new(
+            api.client(),
+            tokens,
+            Reporter {
+                controller: "oauth-token-operator".into(),
+                instance: None,
+            },
+        );
+        ctx.jitter = || 0.0;
+        Fixture {
+            api,
+            ctx: Arc::new(ctx),
+            endpoint,
+            token: Arc::new(serde_json::from_value(token).unwrap()),
+        }
+    }
+
+    async fn reconcile(&self) -> Result<kube::runtime::controller::Action, String> {
+        reconcile(self.token.clone(), self.ctx.clone())
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn status(&self) -> Value {
+        self.api.get(&token_path("allegro")).unwrap()["status"].clone()
+    }
+
+    fn condition(&self, type_: &str) -> (String, String) {
+        let status = self.status();
+        let condition = status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == type_)
+            .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+            .clone();
+        (
+            condition["status"].as_str().unwrap().to_string(),
+            condition["reason"].as_str().unwrap().to_string(),
+        )
+    }
+
+    fn state_data(&self, key: &str) -> Option<String> {
+        let secret = self.api.get(&secret_path("allegro-oauth-state"))?;
+        secret["data"].get(key).map(unb64)
+    }
+
+    /// No token, refresh token or client secret in any status write or Event.
+    fn assert_no_secret_leaks(&self) {
+        for request in self.api.log() {
+            let visible = request.path.contains("/status") || request.path.contains("/events");
+            if !visible {
+                continue;
+            }
+            let text = request.body.to_string();
+            for secret in [
+                "rt-0",
+                "rt-1",
+                "rt-2",
+                "rt-new",
+                "at-1",
+                "at-2",
+                CLIENT_SECRET,
+            ] {
+                assert!(
+                    !text.contains(secret),
+                    "{secret} leaked into {}: {text}",
+                    request.path
+                );
+            }
+            assert!(!text.contains("rt-should-not-leak"));
+        }
+    }
+}
+
+fn time(value: &Value) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(value.as_str().unwrap())
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+#[tokio::test]
+async fn first_reconcile_persists_the_rotated_refresh_token_before_publishing() {
+    let f = Fixture::new(Some(3600)).await;
+    let action = f.reconcile().await.unwrap();
+
+    assert_eq!(f.endpoint.presented(), vec!["rt-0"]);
+    assert_eq!(
+        f.api.writes(),
+        vec![
+            format!("POST /api/v1/namespaces/{NS}/secrets"),
+            format!("PUT {}", secret_path("allegro-oauth-state")),
+            format!("PATCH {}", secret_path("allegro-token")),
+            format!("PATCH {}/status", token_path("allegro")),
+        ],
+        "the import, then the rotated refresh token, then the access token, then status"
+    );
+    let put = f
+        .api
+        .log()
+        .into_iter()
+        .find(|r| r.method == Method::PUT)
+        .unwrap();
+    assert!(
+        !put.body["metadata"]["resourceVersion"].is_null(),
+        "the state write carries a resourceVersion precondition"
+    );
+    assert_eq!(f.state_data("refresh_token").as_deref(), Some("rt-1"));
+
+    let target = f.api.get(&secret_path("allegro-token")).unwrap();
+    assert_eq!(unb64(&target["data"]["access_token"]), "at-1");
+    assert_eq!(unb64(&target["data"]["token_type"]), "Bearer");
+    assert!(
+        target["data"].get("refresh_token").is_none(),
+        "pods never see the refresh token by default"
+    );
+    assert_eq!(
+        target["metadata"]["ownerReferences"][0]["uid"], "token-uid",
+        "the target Secret is controlled by the OAuthToken"
+    );
+    let expires_at = unb64(&target["data"]["expires_at"]);
+    assert!(expires_at.ends_with('Z'), "{expires_at}");
+
+    assert_eq!(f.condition("Ready"), ("True".into(), "TokenValid".into()));
+    assert_eq!(
+        f.condition("ReauthorizationRequired"),
+        ("False".into(), "Authorized".into())
+    );
+    let status = f.status();
+    assert_eq!(status["failedAttempts"], 0);
+    assert_eq!(status["observedGeneration"], 1);
+    let next = time(&status["nextRefreshAt"]);
+    let expires = time(&status["expiresAt"]);
+    assert_eq!(
+        (expires - next).num_seconds(),
+        1188,
+        "a third of 3600 s before expiry, no jitter"
+    );
+    assert!(!status["refreshTokenImportedAt"].is_null());
+    let wait = format!("{action:?}");
+    assert!(wait.contains("requeue_after: Some("), "{wait}");
+    assert_eq!(
+        f.api.events(),
+        vec!["Normal RefreshTokenImported", "Normal TokenIssued"]
+    );
+    f.assert_no_secret_leaks();
+}
+
+#[tokio::test]
+async fn nothing_changed_means_no_writes_and_no_token_request() {
+    let f = Fixture::new(Some(3600)).await;
+    f.reconcile().await.unwrap();
+    f.api.clear_log();
+    f.reconcile().await.unwrap();
+    f.reconcile().await.unwrap();
+    assert_eq!(f.api.writes(), Vec::<String>::new());
+    assert!(f.api.events().is_empty());
+    assert_eq!(f.endpoint.requests(), 1);
+}
+
+#[tokio::test]
+async fn a_deleted_target_secret_is_recreated_without_a_token_request() {
+    let f = Fixture::new(Some(3600)).await;
+    f.reconcile().await.unwrap();
+    let original = f.api.get(&secret_path("allegro-token")).unwrap();
+    f.api.clear_log();
+    f.api.remove(&secret_path("allegro-token"));
+    f.reconcile().await.unwrap();
+    assert_eq!(f.endpoint.requests(), 1);
+    let recreated = f.api.get(&secret_path("allegro-token")).unwrap();
+    assert_eq!(recreated["data"], original["data"]);
+}
+
+#[tokio::test]
+async fn a_foreign_target_secret_is_never_overwritten() {
+    let f = Fixture::new(Some(3600)).await;
+    f.api.put(
+        &secret_path("allegro-token"),
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "allegro-token", "namespace": NS},
+               "data": {"mine": b64("keep me")}}),
+    );
+    f.reconcile().await.unwrap();
+    assert_eq!(f.endpoint.requests(), 0, "no token request while blocked");
+    assert_eq!(
+        f.api.writes(),
+        vec![format!("PATCH {}/status", token_path("allegro"))]
+    );
+    let secret = f.api.get(&secret_path("allegro-token")).unwrap();
+    assert_eq!(unb64(&secret["data"]["mine"]), "keep me");
+    assert_eq!(
+        f.condition("Ready"),
+        ("False".into(), "SecretConflict".into())
+    );
+    assert_eq!(f.api.events(), vec!["Warning SecretConflict"]);
+}
+
+#[tokio::test]
+async fn a_failed_state_write_keeps_the_new_refresh_token_and_never_reuses_the_old_one() {
+    let f = Fixture::new(Some(3600)).await;
+    // The import write succeeds; every attempt to persist the rotated token fails.
+    for _ in 0..5 {
+        f.api
+            .fail_next(Method::PUT, "/secrets/allegro-oauth-state", 500);
+    }
+    let error = f.reconcile().await.unwrap_err();
+    assert!(
+        error.contains("persisting the token state failed"),
+        "{error}"
+    );
+    assert_eq!(f.endpoint.presented(), vec!["rt-0"]);
+    assert!(
+        f.api.get(&secret_path("allegro-token")).is_none(),
+        "no access token is published before its refresh token is persisted"
+    );
+    assert_eq!(f.state_data("refresh_token").as_deref(), Some("rt-0"));
+
+    f.api.clear_log();
+    f.reconcile().await.unwrap();
+    assert_eq!(
+        f.endpoint.presented(),
+        vec!["rt-0"],
+        "the old refresh token is never presented again"
+    );
+    assert_eq!(f.state_data("refresh_token").as_deref(), Some("rt-1"));
+    assert_eq!(
+        f.api.writes(),
+        vec![
+            format!("PUT {}", secret_path("allegro-oauth-state")),
+            format!("PATCH {}", secret_path("allegro-token")),
+            format!("PATCH {}/status", token_path("allegro")),
+        ]
+    );
+    assert_eq!(f.condition("Ready"), ("True".into(), "TokenValid".into()));
+}
+
+#[tokio::test]
+async fn a_conflicting_state_write_is_repeated_on_the_fresh_version() {
+    let f = Fixture::new(Some(3600)).await;
+    f.api
+        .fail_next(Method::PUT, "/secrets/allegro-oauth-state", 409);
+    f.reconcile().await.unwrap();
+    assert_eq!(f.state_data("refresh_token").as_deref(), Some("rt-1"));
+    assert_eq!(f.endpoint.requests(), 1);
+}
+
+#[tokio::test]
+async fn invalid_grant_asks_for_reauthorization_without_a_retry_storm() {
+    let f = Fixture::new(Some(3600)).await;
+    f.endpoint.then(Answer::Fail {
+        status: 400,
+        error: Some("invalid_grant"),
+        retry_after: None,
+    });
+    let before = Utc::now();
+    f.reconcile().await.unwrap();
+    assert_eq!(
+        f.condition("Ready"),
+        ("False".into(), "InvalidGrant".into())
+    );
+    assert_eq!(
+        f.condition("ReauthorizationRequired"),
+        ("True".into(), "InvalidGrant".into())
+    );
+    let status = f.status();
+    assert_eq!(status["failedAttempts"], 1);
+    assert!(time(&status["nextRefreshAt"]) - before >= chrono::TimeDelta::minutes(29));
+    assert_eq!(
+        f.api.events(),
+        vec!["Normal RefreshTokenImported", "Warning InvalidGrant"]
+    );
+    let message = status["conditions"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("invalid_grant") && message.contains("400"),
+        "{message}"
+    );
+
+    for _ in 0..3 {
+        f.reconcile().await.unwrap();
+    }
+    assert_eq!(f.endpoint.requests(), 1, "no retry storm");
+
+    // A human re-authorizes: the new refresh token is imported and used at once.
+    f.api.put(
+        &secret_path("allegro-authorization"),
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "allegro-authorization", "namespace": NS},
+               "data": {"refresh_token": b64("rt-new")}}),
+    );
+    f.reconcile().await.unwrap();
+    assert_eq!(f.endpoint.presented(), vec!["rt-0", "rt-new"]);
+    assert_eq!(f.condition("Ready"), ("True".into(), "TokenValid".into()));
+    assert_eq!(
+        f.condition("ReauthorizationRequired"),
+        ("False".into(), "Authorized".into())
+    );
+    assert_eq!(f.status()["failedAttempts"], 0);
+    f.assert_no_secret_leaks();
+}
+
+#[tokio::test]
+async fn invalid_client_has_its_own_reason() {
+    let f = Fixture::new(Some(3600)).await;
+    f.endpoint.then(Answer::Fail {
+        status: 401,
+        error: Some("invalid_client"),
+        retry_after: None,
+    });
+    f.reconcile().await.unwrap();
+    assert_eq!(
+        f.condition("Ready"),
+        ("False".into(), "InvalidClient".into())
+    );
+    assert_eq!(
+        f.condition("ReauthorizationRequired"),
+        ("False".into(), "Authorized".into())
+    );
+    f.assert_no_secret_leaks();
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured_and_kept_in_status() {
+    let f = Fixture::new(Some(3600)).await;
+    f.endpoint.then(Answer::Fail {
+        status: 503,
+        error: None,
+        retry_after: Some(120),
+    });
+    let before = Utc::now();
+    f.reconcile().await.unwrap();
+    let status = f.status();
+    assert_eq!(status["failedAttempts"], 1);
+    assert!(!status["lastFailureAt"].is_null());
+    let next = time(&status["nextRefreshAt"]);
+    assert!(next - before >= chrono::TimeDelta::seconds(119), "{next}");
+    assert_eq!(
+        f.condition("Ready"),
+        ("False".into(), "RefreshFailing".into())
+    );
+    f.reconcile().await.unwrap();
+    assert_eq!(f.endpoint.requests(), 1, "the backoff in status holds");
+}
+
+#[tokio::test]
+async fn a_failed_refresh_keeps_the_still_valid_token_published() {
+    let f = Fixture::new(Some(3)).await;
+    f.reconcile().await.unwrap();
+    let published = f.api.get(&secret_path("allegro-token")).unwrap();
+    let next = time(&f.status()["nextRefreshAt"]);
+    tokio::time::sleep(
+        (next - Utc::now())
+            .to_std()
+            .unwrap_or_default()
+            .max(Duration::from_millis(50)),
+    )
+    .await;
+    f.endpoint.then(Answer::Fail {
+        status: 500,
+        error: None,
+        retry_after: None,
+    });
+    f.reconcile().await.unwrap();
+    assert_eq!(f.endpoint.presented(), vec!["rt-0", "rt-1"]);
+    let after = f.api.get(&secret_path("allegro-token")).unwrap();
+    assert_eq!(after["data"], published["data"]);
+    assert_eq!(f.status()["failedAttempts"], 1);
+    let (ready, _) = f.condition("Ready");
+    assert_eq!(ready, "True", "the published token is still valid");
+    assert_eq!(f.state_data("refresh_token").as_deref(), Some("rt-1"));
+}
