@@ -42,6 +42,11 @@ struct Fixture {
 
 impl Fixture {
     async fn new(expires_in: Option<u64>) -> Fixture {
+        Fixture::with_spec(expires_in, json!({})).await
+    }
+
+    /// `spec_overrides` are merged into the default spec.
+    async fn with_spec(expires_in: Option<u64>, spec_overrides: Value) -> Fixture {
         let endpoint = FakeTokenEndpoint::start(expires_in).await;
         let api = MockApi::default();
         let token = json!({
@@ -55,6 +60,10 @@ impl Fixture {
                 "secretName": "allegro-token"
             }
         });
+        let mut token = token;
+        for (key, value) in spec_overrides.as_object().unwrap() {
+            token["spec"][key] = value.clone();
+        }
         api.put(&token_path("allegro"), token.clone());
         api.put(
             &secret_path("allegro-client"),
@@ -419,7 +428,8 @@ async fn retry_after_is_honoured_and_kept_in_status() {
 
 #[tokio::test]
 async fn a_failed_refresh_keeps_the_still_valid_token_published() {
-    let f = Fixture::new(Some(3)).await;
+    // Refresh one second after issuance while the token has half a minute left.
+    let f = Fixture::with_spec(Some(30), json!({"refreshBeforePercentage": 99})).await;
     f.reconcile().await.unwrap();
     let published = f.api.get(&secret_path("allegro-token")).unwrap();
     let next = time(&f.status()["nextRefreshAt"]);

@@ -24,6 +24,8 @@ use crate::schedule::{self, Decision, FailureClass, Observed, RefreshReason};
 /// How long to wait before looking again at an OAuthToken that a user must fix, in case a watch
 /// event for the fix was missed.
 const BLOCKED_RECHECK: std::time::Duration = std::time::Duration::from_secs(300);
+/// Longest sleep between two looks at one OAuthToken.
+const MAX_REQUEUE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 pub async fn reconcile(object: Arc<OAuthToken>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = object.namespace().ok_or(Error::MissingNamespace)?;
@@ -75,7 +77,9 @@ fn requeue_for(outcome: &Outcome, now: DateTime<Utc>) -> Action {
         Some(at) => {
             let wait = (at - now).to_std().unwrap_or_default();
             // Whole seconds are rounded down in status; never wake up early only to wait again.
-            Action::requeue(wait + std::time::Duration::from_millis(500))
+            // Long-lived tokens are still looked at hourly: a missed watch event then costs at
+            // most an hour, and the runtime's delay queue is never handed years.
+            Action::requeue((wait + std::time::Duration::from_millis(500)).min(MAX_REQUEUE))
         }
         None => Action::requeue(BLOCKED_RECHECK),
     }

@@ -107,3 +107,60 @@ pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value
         "resources": resources,
     }))
 }
+
+/// `/openapi/v3`: one entry per served group/version. Only what kubectl needs to
+/// see that the server supports `fieldValidation` (so it skips client-side schema
+/// validation): PATCH operations tagged with their GVK; no schemas.
+pub fn openapi_v3_root(reg: &Registry, hash: u64) -> Value {
+    let mut paths = serde_json::Map::new();
+    let mut gvs: Vec<(String, String)> = vec![(String::new(), "v1".into())];
+    for (g, vs) in reg.groups() {
+        gvs.extend(vs.into_iter().map(|v| (g.clone(), v)));
+    }
+    for (g, v) in gvs {
+        let p = if g.is_empty() {
+            format!("api/{v}")
+        } else {
+            format!("apis/{g}/{v}")
+        };
+        paths.insert(
+            p.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={hash:016X}")}),
+        );
+    }
+    json!({"paths": paths})
+}
+
+pub fn openapi_v3_group_version(reg: &Registry, group: &str, version: &str) -> Option<Value> {
+    let types = reg.in_group_version(group, version);
+    if types.is_empty() {
+        return None;
+    }
+    let prefix = if group.is_empty() {
+        format!("/api/{version}")
+    } else {
+        format!("/apis/{group}/{version}")
+    };
+    let mut paths = serde_json::Map::new();
+    for rt in types {
+        let path = if rt.namespaced {
+            format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", rt.plural)
+        } else {
+            format!("{prefix}/{}/{{name}}", rt.plural)
+        };
+        let gvk = json!({"group": group, "version": version, "kind": rt.kind});
+        let params = json!([
+            {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+            {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+            {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+        ]);
+        let op = |verb: &str| json!({"operationId": format!("{verb}{}", rt.kind), "x-kubernetes-action": verb, "x-kubernetes-group-version-kind": gvk, "parameters": params, "responses": {"200": {"description": "OK"}}});
+        paths.insert(path, json!({"get": op("get"), "put": op("put"), "patch": op("patch"), "delete": op("delete")}));
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": "v1.33.0"},
+        "paths": paths,
+        "components": {"schemas": {}},
+    }))
+}

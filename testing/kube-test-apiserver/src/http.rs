@@ -160,6 +160,31 @@ fn dispatch(
         ["version"] => return ok(discovery::version()),
         ["healthz"] | ["readyz"] | ["livez"] => return Ok((StatusCode::OK, "ok").into_response()),
         ["api"] => return ok(discovery::core_versions(&app.addr)),
+        ["openapi", "v3"] => {
+            let store = app.store.lock().expect("store");
+            return ok(discovery::openapi_v3_root(
+                &store.registry,
+                store.current_rv(),
+            ));
+        }
+        ["openapi", "v3", "api", v] => {
+            return discovery::openapi_v3_group_version(
+                &app.store.lock().expect("store").registry,
+                "",
+                v,
+            )
+            .map(json_response_ok)
+            .ok_or_else(ApiError::path_not_found);
+        }
+        ["openapi", "v3", "apis", g, v] => {
+            return discovery::openapi_v3_group_version(
+                &app.store.lock().expect("store").registry,
+                g,
+                v,
+            )
+            .map(json_response_ok)
+            .ok_or_else(ApiError::path_not_found);
+        }
         ["apis"] => {
             return ok(discovery::group_list(
                 &app.store.lock().expect("store").registry,
@@ -243,6 +268,7 @@ fn dispatch(
         subresource: &sub,
         manager: &manager,
         dry_run,
+        strict: params.get("fieldValidation").is_some_and(|v| v == "Strict"),
     };
     let render = |v: &Value| render(&route.rt, &route.version, v, meta_only);
     let ct = headers
@@ -251,6 +277,21 @@ fn dispatch(
         .unwrap_or("application/json");
     let ct = ct.split(';').next().unwrap_or_default().trim().to_string();
     let collection = route.name.is_none();
+    let mut body = body;
+    if !body.is_empty() && (ct.contains("protobuf") || ct.contains("cbor")) {
+        match crate::proto::decode(&body).filter(|_| ct.contains("protobuf")) {
+            Some(v) => body = Bytes::from(serde_json::to_vec(&v).unwrap_or_default()),
+            None => {
+                return Err(ApiError::new(
+                    415,
+                    "UnsupportedMediaType",
+                    format!(
+                        "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml; got {ct}"
+                    ),
+                ));
+            }
+        }
+    }
 
     match (method.clone(), collection) {
         (Method::GET, true) => {
@@ -544,7 +585,9 @@ fn list(app: &App, route: &Route, params: &Params, meta_only: bool) -> ApiResult
         let token = URL_SAFE
             .encode(json!({"v": "meta.k8s.io/v1", "rv": list_rv, "start": last_key}).to_string());
         meta["continue"] = json!(token);
-        meta["remainingItemCount"] = json!(remaining);
+        if !params.contains_key("labelSelector") && !params.contains_key("fieldSelector") {
+            meta["remainingItemCount"] = json!(remaining);
+        }
     }
     let (kind, api_version) = if meta_only {
         (

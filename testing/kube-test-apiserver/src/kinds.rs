@@ -79,7 +79,7 @@ pub fn validate_metadata(rt: &ResourceType, obj: &Value) -> Errors {
                     match v.as_str() {
                         None => errs.push((format!("metadata.{field}.{k}"), "Invalid value: must be a string".into())),
                         Some(s) if values_are_labels && !label_token(s, true) => errs.push((
-                            format!("metadata.labels"),
+                            "metadata.labels".to_string(),
                             format!("Invalid value: \"{s}\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"),
                         )),
                         _ => {}
@@ -123,21 +123,28 @@ fn valid_data_key(k: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
 }
 
-fn secret(old: Option<&Value>, obj: &mut Value, errs: &mut Errors) {
-    let m = obj.as_object_mut().expect("objects are maps");
-    if let Some(Value::Object(sd)) = m.remove("stringData") {
-        let data = m.entry("data").or_insert_with(|| json!({}));
-        if !data.is_object() {
-            *data = json!({});
-        }
-        for (k, v) in sd {
-            let s = v
-                .as_str()
-                .map(String::from)
-                .unwrap_or_else(|| v.to_string());
-            data[k.as_str()] = json!(STANDARD.encode(s));
+/// Fold a Secret's `stringData` into `data` (base64), as the apiserver does.
+pub fn fold_string_data(rt: &ResourceType, obj: &mut Value) {
+    if rt.storage_group.is_empty() && rt.plural == "secrets" {
+        let Some(m) = obj.as_object_mut() else { return };
+        if let Some(Value::Object(sd)) = m.remove("stringData") {
+            let data = m.entry("data").or_insert_with(|| json!({}));
+            if !data.is_object() {
+                *data = json!({});
+            }
+            for (k, v) in sd {
+                let s = v
+                    .as_str()
+                    .map(String::from)
+                    .unwrap_or_else(|| v.to_string());
+                data[k.as_str()] = json!(STANDARD.encode(s));
+            }
         }
     }
+}
+
+fn secret(old: Option<&Value>, obj: &mut Value, errs: &mut Errors) {
+    let m = obj.as_object_mut().expect("objects are maps");
     if m.get("type")
         .is_none_or(|t| t.as_str().is_none_or(str::is_empty))
     {
@@ -189,6 +196,15 @@ fn immutable(old: &Value, obj: &Value, fields: &[&str], errs: &mut Errors) {
 }
 
 fn configmap(old: Option<&Value>, obj: &mut Value, errs: &mut Errors) {
+    if let Some(m) = obj.as_object_mut() {
+        for f in ["data", "binaryData"] {
+            if m.get(f)
+                .is_some_and(|d| d.as_object().is_some_and(Map::is_empty))
+            {
+                m.remove(f);
+            }
+        }
+    }
     for (k, v) in obj["data"].as_object().into_iter().flatten() {
         if !valid_data_key(k) {
             errs.push((format!("data[{k}]"), format!("Invalid value: \"{k}\": a valid config key must consist of alphanumeric characters, '-', '_' or '.'")));
@@ -215,16 +231,22 @@ fn configmap(old: Option<&Value>, obj: &mut Value, errs: &mut Errors) {
 
 /// Kind-specific defaulting and validation of an object about to be stored
 /// (storage representation; `old` is the stored object on update).
-pub fn normalize(rt: &ResourceType, old: Option<&Value>, obj: &mut Value) -> Errors {
+/// `pruned` receives the paths of unknown fields dropped from custom resources.
+pub fn normalize(
+    rt: &ResourceType,
+    old: Option<&Value>,
+    obj: &mut Value,
+    pruned: &mut Vec<String>,
+) -> Errors {
     let mut errs = Errors::new();
+    fold_string_data(rt, obj);
+    drop_empty_metadata(obj);
     match (rt.storage_group.as_str(), rt.plural.as_str()) {
         ("", "secrets") => secret(old, obj, &mut errs),
         ("", "configmaps") => configmap(old, obj, &mut errs),
-        ("", "namespaces") => {
-            if old.is_none() {
-                obj["spec"] = json!({"finalizers": ["kubernetes"]});
-                obj["status"] = json!({"phase": "Active"});
-            }
+        ("", "namespaces") if old.is_none() => {
+            obj["spec"] = json!({"finalizers": ["kubernetes"]});
+            obj["status"] = json!({"phase": "Active"});
         }
         _ => {}
     }
@@ -233,9 +255,26 @@ pub fn normalize(rt: &ResourceType, old: Option<&Value>, obj: &mut Value) -> Err
             .get(&rt.storage_version)
             .cloned()
             .unwrap_or(Value::Null);
-        errs.extend(crate::schema::process(&schema, obj));
+        errs.extend(crate::schema::process(&schema, obj, pruned));
     }
     errs
+}
+
+/// ObjectMeta is a typed struct in the apiserver: empty maps/lists are not kept.
+fn drop_empty_metadata(obj: &mut Value) {
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        for f in ["labels", "annotations", "finalizers", "ownerReferences"] {
+            let empty = match meta.get(f) {
+                Some(Value::Object(m)) => m.is_empty(),
+                Some(Value::Array(a)) => a.is_empty(),
+                Some(Value::Null) => true,
+                _ => false,
+            };
+            if empty {
+                meta.remove(f);
+            }
+        }
+    }
 }
 
 /// events.k8s.io/v1 field <-> core/v1 field.

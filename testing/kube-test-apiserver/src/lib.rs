@@ -44,9 +44,15 @@
 //! # Simplifications compared with a real kube-apiserver
 //! * **No authentication, authorization (RBAC) or admission.** Any token is accepted;
 //!   nothing is ever `403 Forbidden` except creating in a terminating namespace.
-//! * **JSON only**: no protobuf, no CBOR, no `Table` output (`kubectl get` falls back
-//!   to client-side printing), no OpenAPI documents (`/openapi/*` is 404, so use
-//!   `kubectl apply --validate=false`), no aggregated discovery.
+//! * **JSON responses only**: protobuf request bodies are understood only for
+//!   Namespace, Secret, ConfigMap, ServiceAccount and Lease (what `kubectl create ...`
+//!   sends); no CBOR, no `Table` output (`kubectl get` falls back
+//!   to client-side printing). `/openapi/v3` exists but only lists PATCH operations
+//!   with their GVK and a `fieldValidation` parameter (no schemas), which is what
+//!   kubectl needs to skip client-side validation; `/openapi/v2` is 404.
+//!   `fieldValidation=Strict` (kubectl's default) turns unknown fields of custom
+//!   resources into 400 BadRequest `strict decoding error`s; for built-in kinds it is
+//!   ignored, and `Warn` sends no warnings (unknown fields are just pruned).
 //! * **Custom resources**: the version's `openAPIV3Schema` is used for pruning of
 //!   unknown fields, dropping `null` of non-nullable fields, `default`s, and basic
 //!   validation (types, `required`, `enum`, lengths, bounds, item counts); CEL
@@ -59,8 +65,9 @@
 //!   (409, one cause per field) are reported when an applier sets a field owned by
 //!   another manager to a different value, `force=true` takes it over, and fields a
 //!   manager applied before but omits now are removed unless someone else owns them.
-//!   `metadata.managedFields` is written in FieldsV1 form (without `k:`/`v:` keys)
-//!   and any managedFields sent by a client are ignored. For Secrets, `stringData`
+//!   `metadata.managedFields` is written in FieldsV1 form (without `k:`/`v:` keys);
+//!   managedFields sent by a client are ignored, except that a non-apply write that
+//!   changes them replaces the ownership record (kubectl's SSA migration does that). For Secrets, `stringData`
 //!   in an applied configuration is converted to `data` before field tracking.
 //!   `null` in an applied configuration removes the field.
 //! * **Strategic merge patch is a JSON merge patch** (RFC 7386): lists are replaced,
@@ -79,6 +86,9 @@
 //!   immediately (objects with finalizers wait) and removes the namespace as soon as
 //!   it is empty; the `kubernetes` spec finalizer is not modelled separately.
 //! * **Deleting a CRD** removes all its objects at once, ignoring their finalizers.
+//! * No controllers besides garbage collection, namespace termination and CRD
+//!   establishment: namespaces get no `default` ServiceAccount and no
+//!   `kube-root-ca.crt` ConfigMap; there is no `all` category (`kubectl get all` fails).
 //! * Graceful deletion (pods) does not exist: `deletionGracePeriodSeconds` is always 0.
 //! * Validation of built-in kinds is limited to metadata (names, labels, annotations,
 //!   ownerReferences), Secret/ConfigMap keys and base64 data, `immutable`, Secret
@@ -86,12 +96,26 @@
 //! * Creating an object with `metadata.resourceVersion` set fails with 500
 //!   `resourceVersion should not be set on objects to be created` (as the real one);
 //!   an apply carrying a resourceVersion for an absent object is a 409 Conflict.
+//! * A client-side `kubectl apply` followed by `kubectl apply --server-side` with a
+//!   changed value conflicts with `kubectl-client-side-apply` (the real apiserver
+//!   upgrades client-side-apply ownership via the last-applied annotation).
+//! * The default field manager of non-apply writes is the User-Agent's first
+//!   `/`-separated word, or `unknown`.
+//!
+//! # Notes for clients
+//! * kube 5's `Client` retries 429/503/504 by itself (`Config::default_retry`, up to
+//!   15 times, honouring `Retry-After`, which injected 429s carry as `1`): injected
+//!   faults with those codes are invisible to callers unless they outnumber the
+//!   retries. Use 500 to make a failure visible, or disable `default_retry`.
+//! * The kubeconfig uses plain `http://` and a dummy bearer token; kube-rs and
+//!   kubectl both accept that.
 
 mod discovery;
 mod errors;
 mod faults;
 mod http;
 mod kinds;
+mod proto;
 mod registry;
 mod schema;
 mod selectors;
@@ -174,6 +198,7 @@ impl TestApiServer {
                     subresource: "",
                     manager: "kube-test-apiserver",
                     dry_run: false,
+                    strict: false,
                 };
                 store.create(&t, v).map_err(invalid_input)?;
             }

@@ -38,7 +38,8 @@ fn type_ok(ty: &str, v: &Value) -> bool {
 
 /// Prune, default and validate a whole custom object against its version's
 /// `openAPIV3Schema`. `apiVersion`, `kind` and `metadata` are always kept.
-pub fn process(schema: &Value, obj: &mut Value) -> Errors {
+/// Returns the validation errors; the paths of pruned unknown fields are added to `pruned`.
+pub fn process(schema: &Value, obj: &mut Value, pruned: &mut Vec<String>) -> Errors {
     let mut errs = Vec::new();
     if !schema.is_object() {
         return errs;
@@ -48,7 +49,7 @@ pub fn process(schema: &Value, obj: &mut Value) -> Errors {
             .iter()
             .filter_map(|k| m.remove(*k).map(|v| (k.to_string(), v)))
             .collect();
-        walk(schema, obj, "", &mut errs);
+        walk(schema, obj, "", &mut errs, pruned);
         if let Value::Object(m) = obj {
             for (k, v) in meta {
                 m.insert(k, v);
@@ -58,7 +59,7 @@ pub fn process(schema: &Value, obj: &mut Value) -> Errors {
     errs
 }
 
-fn walk(schema: &Value, v: &mut Value, path: &str, errs: &mut Errors) {
+fn walk(schema: &Value, v: &mut Value, path: &str, errs: &mut Errors, pruned: &mut Vec<String>) {
     if !schema.is_object() || (v.is_null() && schema["nullable"].as_bool() == Some(true)) {
         return;
     }
@@ -124,16 +125,24 @@ fn walk(schema: &Value, v: &mut Value, path: &str, errs: &mut Errors) {
             for k in keys {
                 let child_path = join(path, &k);
                 if let Some(ps) = props.and_then(|p| p.get(&k)) {
-                    walk(ps, m.get_mut(&k).expect("key exists"), &child_path, errs);
+                    walk(
+                        ps,
+                        m.get_mut(&k).expect("key exists"),
+                        &child_path,
+                        errs,
+                        pruned,
+                    );
                 } else if additional.is_object() {
                     walk(
                         additional,
                         m.get_mut(&k).expect("key exists"),
                         &child_path,
                         errs,
+                        pruned,
                     );
                 } else if !(preserve || additional.as_bool() == Some(true)) {
                     m.remove(&k);
+                    pruned.push(child_path);
                 }
             }
             for req in schema["required"]
@@ -157,7 +166,13 @@ fn walk(schema: &Value, v: &mut Value, path: &str, errs: &mut Errors) {
         }
         Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
-                walk(&schema["items"], item, &format!("{path}[{i}]"), errs);
+                walk(
+                    &schema["items"],
+                    item,
+                    &format!("{path}[{i}]"),
+                    errs,
+                    pruned,
+                );
             }
             if let Some(max) = schema["maxItems"].as_u64()
                 && items.len() as u64 > max
@@ -241,7 +256,9 @@ mod tests {
         }});
         let mut o = json!({"apiVersion": "x/v1", "kind": "K", "metadata": {"name": "n"},
             "spec": {"url": "u", "unknown": 1, "extra": {"a": "b"}, "mode": null, "opt": null}, "status": {"anything": 1}, "junk": true});
-        assert!(process(&schema, &mut o).is_empty());
+        let mut pruned = Vec::new();
+        assert!(process(&schema, &mut o, &mut pruned).is_empty());
+        assert_eq!(pruned, ["junk", "spec.unknown"]);
         assert_eq!(
             o["spec"],
             json!({"url": "u", "refresh": 60, "extra": {"a": "b"}, "opt": null})
@@ -249,7 +266,7 @@ mod tests {
         assert!(o.get("junk").is_none());
         assert_eq!(o["status"]["anything"], 1);
         let mut bad = json!({"spec": {"refresh": "x", "mode": "c"}});
-        let errs = process(&schema, &mut bad);
+        let errs = process(&schema, &mut bad, &mut pruned);
         assert_eq!(errs.len(), 3, "{errs:?}");
     }
 }

@@ -46,6 +46,8 @@ pub struct Target<'a> {
     pub subresource: &'a str,
     pub manager: &'a str,
     pub dry_run: bool,
+    /// `fieldValidation=Strict`: unknown fields of custom resources are an error.
+    pub strict: bool,
 }
 
 impl Target<'_> {
@@ -151,6 +153,7 @@ impl Store {
                 subresource: "",
                 manager: "kube-apiserver",
                 dry_run: false,
+                strict: false,
             };
             s.create(&t, json!({"metadata": {"name": name}}))
                 .expect("initial namespaces");
@@ -259,7 +262,20 @@ impl Store {
             .as_str()
             .unwrap_or_default()
             .to_string();
-        let mut errs = kinds::normalize(t.rt, old, obj);
+        let mut pruned = Vec::new();
+        let mut errs = kinds::normalize(t.rt, old, obj, &mut pruned);
+        if t.strict && !pruned.is_empty() {
+            let k = &t.rt.kind;
+            let fields: Vec<String> = pruned
+                .iter()
+                .map(|p| format!("unknown field \"{p}\""))
+                .collect();
+            return Err(ApiError::bad_request(format!(
+                "{k} in version \"{}\" cannot be handled as a {k}: strict decoding error: {}",
+                t.version,
+                fields.join(", ")
+            )));
+        }
         errs.extend(kinds::validate_metadata(t.rt, obj));
         if is_crd(t.rt) {
             match registry::from_crd(obj) {
@@ -402,6 +418,7 @@ impl Store {
                     }
                     let mut config = strip_for_subresource(t, config);
                     kinds::to_storage(t.rt, &mut config);
+                    kinds::fold_string_data(t.rt, &mut config);
                     let mut entries = Vec::new();
                     let mut obj = ssa::apply(
                         None,
@@ -425,7 +442,7 @@ impl Store {
         let mut entries = ssa::read_entries(&old);
         let mut bare_old = old.clone();
         meta_mut(&mut bare_old).remove("managedFields");
-        let served_old = kinds::to_served(t.rt, t.version, &bare_old);
+        let served_old = kinds::to_served(t.rt, t.version, &old);
         let is_apply = matches!(m, Mutation::Apply { .. });
         let mut cand = match m {
             Mutation::Replace(body) => body,
@@ -453,6 +470,7 @@ impl Store {
                 }
                 let mut config = strip_for_subresource(t, config);
                 kinds::to_storage(t.rt, &mut config);
+                kinds::fold_string_data(t.rt, &mut config);
                 ssa::apply(
                     Some(&bare_old),
                     &config,
@@ -604,6 +622,9 @@ impl Store {
         entries: Vec<ssa::Entry>,
     ) -> ApiResult<Value> {
         let meta = meta_mut(&mut obj);
+        for f in KEEP_META {
+            meta.remove(*f);
+        }
         meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
         meta.insert("creationTimestamp".into(), json!(timestamp()));
         if t.rt.namespaced {

@@ -18,7 +18,14 @@ use serde::{Deserialize, Serialize};
 
 /// The test custom resource (namespaced, with a status subresource).
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[kube(group = "test.example.com", version = "v1", kind = "Widget", namespaced, status = "WidgetStatus", shortname = "wd")]
+#[kube(
+    group = "test.example.com",
+    version = "v1",
+    kind = "Widget",
+    namespaced,
+    status = "WidgetStatus",
+    shortname = "wd"
+)]
 pub struct WidgetSpec {
     pub size: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -39,12 +46,19 @@ pub fn widget_crd_yaml() -> String {
 
 pub async fn client_for(server: &TestApiServer, namespace: &str) -> Client {
     let kc = Kubeconfig::from_yaml(&server.kubeconfig_yaml(namespace)).unwrap();
-    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.unwrap();
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
     Client::try_from(config).unwrap()
 }
 
 pub async fn start_with(opts: Options) -> (TestApiServer, Client) {
-    let server = TestApiServer::start(Options { crds: vec![widget_crd_yaml()], ..opts }).await.unwrap();
+    let server = TestApiServer::start(Options {
+        crds: vec![widget_crd_yaml()],
+        ..opts
+    })
+    .await
+    .unwrap();
     let client = client_for(&server, "default").await;
     (server, client)
 }
@@ -60,18 +74,29 @@ pub fn widget(name: &str, size: i32) -> Widget {
 pub fn configmap(name: &str, labels: &[(&str, &str)]) -> ConfigMap {
     let mut cm = ConfigMap::default();
     cm.metadata.name = Some(name.into());
-    cm.metadata.labels = Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+    cm.metadata.labels = Some(
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
     cm.data = Some([("k".to_string(), "v".to_string())].into());
     cm
 }
 
 pub async fn create_cm(api: &Api<ConfigMap>, name: &str, labels: &[(&str, &str)]) -> ConfigMap {
-    api.create(&PostParams::default(), &configmap(name, labels)).await.unwrap()
+    api.create(&PostParams::default(), &configmap(name, labels))
+        .await
+        .unwrap()
 }
 
 /// Expect a `kube::Error::Api` with this code and reason.
 #[track_caller]
-pub fn assert_api_err<T: std::fmt::Debug>(r: kube::Result<T>, code: u16, reason: &str) -> kube::core::ErrorResponse {
+pub fn assert_api_err<T: std::fmt::Debug>(
+    r: kube::Result<T>,
+    code: u16,
+    reason: &str,
+) -> Box<kube::core::Status> {
     match r {
         Err(kube::Error::Api(e)) => {
             assert_eq!((e.code, e.reason.as_str()), (code, reason), "{e:?}");
@@ -89,11 +114,19 @@ where
 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     while !f().await {
-        assert!(tokio::time::Instant::now() < deadline, "condition not met within {secs}s");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {secs}s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 pub fn rv<K: kube::Resource>(o: &K) -> u64 {
-    o.meta().resource_version.as_deref().unwrap().parse().unwrap()
+    o.meta()
+        .resource_version
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
