@@ -330,7 +330,13 @@ impl Run<'_> {
         key: &super::ObjectKey,
     ) -> Result<Secret, Error> {
         match secrets::write_state(self.secrets, self.token, current, state).await {
-            Ok(written) => Ok(written),
+            Ok(written) => {
+                info!(
+                    has_refresh_token = state.refresh_token.is_some(),
+                    "persisted the token state"
+                );
+                Ok(written)
+            }
             Err(error) => {
                 self.ctx.park(key.clone(), state.clone());
                 Err(Error::PersistState(error))

@@ -1,0 +1,497 @@
+//! End to end: the compiled operator against a Kubernetes API and a real authorization server.
+//!
+//! By default each test starts the in-process Kubernetes API test server; with
+//! `E2E_KUBECONFIG=/path/to/kubeconfig` the same tests run against that cluster (each in its own
+//! namespace, deleted afterwards). Only what a real apiserver guarantees is asserted. Scenarios
+//! that need fault injection into the API itself are skipped on a real cluster.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::e2e::{Env, Operator, SecretValues, wait_for};
+use support::oidc_provider::{
+    BASIC_CLIENT, Client, DEFAULT_SCOPE, OidcOptions, OidcProvider, POST_CLIENT,
+};
+
+fn provider_options(access_token_ttl_secs: u64) -> OidcOptions {
+    OidcOptions {
+        access_token_ttl_secs,
+        ..OidcOptions::default()
+    }
+}
+
+/// Client Secret, import Secret from a fresh grant, and an OAuthToken using them.
+async fn create_chain(
+    env: &Env,
+    provider: &OidcProvider,
+    secrets: &SecretValues,
+    name: &str,
+    client: Client,
+    extra_spec: Value,
+) -> String {
+    let auth = if client.auth_method == "client_secret_post" {
+        "ClientSecretPost"
+    } else {
+        "ClientSecretBasic"
+    };
+    secrets.add(client.secret);
+    env.apply_client_secret(&format!("{name}-client"), client)
+        .await;
+    let grant = provider.create_grant(client.id, DEFAULT_SCOPE).await;
+    secrets.add(&grant.refresh_token);
+    env.apply_secret(
+        &format!("{name}-authorization"),
+        &[("refresh_token", &grant.refresh_token)],
+    )
+    .await;
+    let mut spec = json!({
+        "tokenEndpoint": provider.token_endpoint(),
+        "clientAuthentication": auth,
+        "clientSecretRef": {"name": format!("{name}-client")},
+        "grant": {"refreshToken": {"initialRefreshTokenSecretRef": {"name": format!("{name}-authorization")}}},
+        "secretName": format!("{name}-token"),
+    });
+    for (key, value) in extra_spec.as_object().unwrap() {
+        spec[key] = value.clone();
+    }
+    env.apply_token(name, spec).await;
+    grant.grant_id
+}
+
+/// Waits until the target Secret holds an access token different from `previous`.
+async fn wait_for_new_token(
+    env: &Env,
+    name: &str,
+    previous: Option<&str>,
+    timeout: Duration,
+) -> String {
+    wait_for("a new access token", timeout, || async {
+        let data = env.secret_data(&format!("{name}-token")).await?;
+        let token = data.get("access_token")?.clone();
+        (Some(token.as_str()) != previous).then_some(token)
+    })
+    .await
+}
+
+async fn introspect(provider: &OidcProvider, client: Client, token: &str) -> Value {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(provider.introspection_endpoint())
+        .basic_auth(client.id, Some(client.secret))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Scenario 1: apply the three objects; a working token appears within seconds.
+#[tokio::test]
+async fn e2e_first_token_within_seconds() {
+    let env = Env::new("first").await;
+    let provider = OidcProvider::start(provider_options(60)).await;
+    let secrets = SecretValues::default();
+    let operator = Operator::start(&env);
+    let started = Instant::now();
+    create_chain(&env, &provider, &secrets, "shop", BASIC_CLIENT, json!({})).await;
+
+    let token = wait_for_new_token(&env, "shop", None, Duration::from_secs(20)).await;
+    let elapsed = started.elapsed();
+    secrets.collect(&env, "shop", "shop-token").await;
+    println!("first access token published after {elapsed:?}");
+    let introspection = introspect(&provider, BASIC_CLIENT, &token).await;
+    assert_eq!(introspection["active"], true, "{introspection}");
+
+    wait_for("Ready=True", Duration::from_secs(10), || async {
+        (env.condition("shop", "Ready").await? == ("True".into(), "TokenValid".into()))
+            .then_some(())
+    })
+    .await;
+    let status = env.status("shop").await;
+    assert!(status["refreshTokenImportedAt"].is_string(), "{status}");
+    assert!(status["expiresAt"].is_string() && status["nextRefreshAt"].is_string());
+    let data = env.secret_data("shop-token").await.unwrap();
+    assert_eq!(data["token_type"], "Bearer");
+    assert!(data["expires_at"].ends_with('Z'));
+    assert!(!data.contains_key("refresh_token"));
+    let events = env.events_for("shop").await;
+    assert!(
+        events.contains(&"Normal TokenIssued".to_string()),
+        "{events:?}"
+    );
+    operator.assert_no_secret_in_logs(&secrets);
+}
+
+/// Scenario 2: short-lived tokens are refreshed ahead of expiry, again and again, on one chain.
+#[tokio::test]
+async fn e2e_refreshes_again_and_again_without_breaking_the_chain() {
+    let env = Env::new("refresh").await;
+    let provider = OidcProvider::start(provider_options(4)).await;
+    let secrets = SecretValues::default();
+    let operator = Operator::start(&env);
+    create_chain(&env, &provider, &secrets, "basic", BASIC_CLIENT, json!({})).await;
+    create_chain(&env, &provider, &secrets, "post", POST_CLIENT, json!({})).await;
+
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while provider.stats().await.successes < 12 {
+        assert!(Instant::now() < deadline, "{:?}", provider.stats().await);
+        for name in ["basic", "post"] {
+            secrets.collect(&env, name, &format!("{name}-token")).await;
+            if let Some(data) = env.secret_data(&format!("{name}-token")).await {
+                assert!(
+                    !data.contains_key("refresh_token"),
+                    "the pod-facing Secret never holds the refresh token"
+                );
+                let expires_at = chrono::DateTime::parse_from_rfc3339(&data["expires_at"]).unwrap();
+                assert!(
+                    expires_at > chrono::Utc::now() - chrono::TimeDelta::seconds(1),
+                    "the published token was refreshed before it expired"
+                );
+                if !seen.contains(&data["access_token"]) {
+                    seen.push(data["access_token"].clone());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stats = provider.stats().await;
+    println!(
+        "refreshes: {} successful token requests, {} distinct access tokens observed, stats {stats:?}",
+        stats.successes,
+        seen.len()
+    );
+    assert_eq!(stats.error("invalid_grant"), 0, "{stats:?}");
+    assert_eq!(stats.total_errors(), 0, "{stats:?}");
+    assert!(stats.client(BASIC_CLIENT.id) >= 4 && stats.client(POST_CLIENT.id) >= 4);
+    operator.assert_no_secret_in_logs(&secrets);
+}
+
+/// Scenario 3: a restart (graceful, then SIGKILL) makes no token request while the token is
+/// valid, and refreshing continues on the same chain.
+#[tokio::test]
+async fn e2e_restart_keeps_the_chain_without_extra_requests() {
+    let env = Env::new("restart").await;
+    let provider = OidcProvider::start(provider_options(15)).await;
+    let secrets = SecretValues::default();
+    let mut operator = Operator::start(&env);
+    create_chain(&env, &provider, &secrets, "shop", BASIC_CLIENT, json!({})).await;
+    let mut token = wait_for_new_token(&env, "shop", None, Duration::from_secs(20)).await;
+
+    for (round, graceful) in [(1, true), (2, false)] {
+        // Restart right after a refresh, so the token is valid for most of its life.
+        let before = provider.stats().await;
+        if graceful {
+            operator.terminate();
+        } else {
+            operator.kill();
+        }
+        operator.restart();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let after_restart = provider.stats().await;
+        assert_eq!(
+            after_restart.token_requests, before.token_requests,
+            "round {round}: no token request while the token is valid"
+        );
+        token = wait_for_new_token(&env, "shop", Some(&token), Duration::from_secs(20)).await;
+        secrets.collect(&env, "shop", "shop-token").await;
+        let stats = provider.stats().await;
+        assert_eq!(stats.error("invalid_grant"), 0, "round {round}: {stats:?}");
+        println!(
+            "restart round {round} ({}): refreshing continued, {} successful refreshes so far",
+            if graceful { "SIGTERM" } else { "SIGKILL" },
+            stats.successes
+        );
+    }
+    operator.assert_no_secret_in_logs(&secrets);
+}
+
+/// Scenario 4: SIGKILL at random moments under refresh-heavy load, at least 30 cycles.
+///
+/// A chain can only be lost if the process dies after the provider rotated the refresh token
+/// and before the new one was written to the state Secret. Every lost chain must be explained
+/// by such a kill: the killed process logged "requesting a token" for it and never logged
+/// "persisted the token state" afterwards.
+#[tokio::test]
+async fn e2e_crash_loop_loses_no_chain_outside_the_write_window() {
+    const CYCLES: usize = 30;
+    let env = Env::new("crash").await;
+    let provider = OidcProvider::start(provider_options(2)).await;
+    let secrets = SecretValues::default();
+    let names = ["alpha", "beta"];
+    let clients = [BASIC_CLIENT, POST_CLIENT];
+    for (name, client) in names.iter().zip(clients) {
+        create_chain(&env, &provider, &secrets, name, client, json!({})).await;
+    }
+    let mut operator = Operator::start(&env);
+    let mut lost = 0;
+    let mut refreshes_before_resets = 0;
+    for cycle in 0..CYCLES {
+        // Let this process make progress on every chain, then kill it mid-flight.
+        let before = provider.stats().await.successes;
+        wait_for(
+            "the restarted operator to refresh",
+            Duration::from_secs(30),
+            || async {
+                let stats = provider.stats().await;
+                (stats.successes > before || stats.error("invalid_grant") > 0).then_some(())
+            },
+        )
+        .await;
+        let pause = Duration::from_millis(rand::random::<u64>() % 1500);
+        tokio::time::sleep(pause).await;
+        operator.kill();
+        let killed_logs = operator.current_logs();
+        for name in names {
+            secrets.collect(&env, name, &format!("{name}-token")).await;
+        }
+        operator.restart();
+
+        let stats = provider.stats().await;
+        if stats.error("invalid_grant") > 0 {
+            // Find which chains broke: they report ReauthorizationRequired once the restarted
+            // operator presents their refresh token.
+            for (name, client) in names.iter().zip(clients) {
+                let broken = wait_for_reauthorization_or_refresh(&env, &provider, name).await;
+                if broken {
+                    lost += 1;
+                    assert!(
+                        killed_in_write_window(&killed_logs, name),
+                        "chain {name} was lost in cycle {cycle} although no refresh was in flight when the operator was killed"
+                    );
+                    println!("cycle {cycle}: chain {name} lost to a kill inside the write window");
+                    let grant = provider.create_grant(client.id, DEFAULT_SCOPE).await;
+                    secrets.add(&grant.refresh_token);
+                    env.apply_secret(
+                        &format!("{name}-authorization"),
+                        &[("refresh_token", &grant.refresh_token)],
+                    )
+                    .await;
+                }
+            }
+            refreshes_before_resets += provider.stats().await.successes;
+            provider.reset_stats().await;
+        }
+    }
+    // The last process must still refresh every chain.
+    let before = provider.stats().await;
+    wait_for(
+        "every chain to refresh after the last restart",
+        Duration::from_secs(30),
+        || async {
+            let stats = provider.stats().await;
+            (stats.client(BASIC_CLIENT.id) > before.client(BASIC_CLIENT.id)
+                && stats.client(POST_CLIENT.id) > before.client(POST_CLIENT.id))
+            .then_some(())
+        },
+    )
+    .await;
+    let refreshes = refreshes_before_resets + provider.stats().await.successes;
+    println!(
+        "crash loop: {CYCLES} SIGKILL cycles over {} chains, {refreshes} refreshes, {lost} chains lost (each inside the provider-answer-to-write window)",
+        names.len()
+    );
+    operator.assert_no_secret_in_logs(&secrets);
+}
+
+/// After a restart: true if `name` ended in ReauthorizationRequired, false if it refreshed.
+async fn wait_for_reauthorization_or_refresh(
+    env: &Env,
+    provider: &OidcProvider,
+    name: &str,
+) -> bool {
+    let _ = provider;
+    let before = env.status(name).await["lastRefreshAt"].clone();
+    wait_for(
+        "the chain to refresh or report reauthorization",
+        Duration::from_secs(20),
+        || async {
+            if env.condition(name, "ReauthorizationRequired").await
+                == Some(("True".into(), "InvalidGrant".into()))
+            {
+                return Some(true);
+            }
+            let now = env.status(name).await["lastRefreshAt"].clone();
+            (now != before).then_some(false)
+        },
+    )
+    .await
+}
+
+/// Whether the killed process had a token request for `name` in flight whose result it had
+/// not persisted.
+fn killed_in_write_window(logs: &[String], name: &str) -> bool {
+    let about = |line: &String| {
+        line.contains(&format!("/{name}.")) || line.contains(&format!("\"{name}\""))
+    };
+    let last_request = logs
+        .iter()
+        .rposition(|l| about(l) && l.contains("requesting a token"));
+    let last_persist = logs
+        .iter()
+        .rposition(|l| about(l) && l.contains("persisted the token state"));
+    match (last_request, last_persist) {
+        (Some(request), Some(persist)) => request > persist,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+/// Scenario 5: a deleted target Secret is recreated.
+#[tokio::test]
+async fn e2e_deleted_target_secret_is_recreated() {
+    let env = Env::new("recreate").await;
+    let provider = OidcProvider::start(provider_options(120)).await;
+    let secrets = SecretValues::default();
+    let operator = Operator::start(&env);
+    create_chain(&env, &provider, &secrets, "shop", BASIC_CLIENT, json!({})).await;
+    let token = wait_for_new_token(&env, "shop", None, Duration::from_secs(20)).await;
+    secrets.collect(&env, "shop", "shop-token").await;
+    let requests = provider.stats().await.token_requests;
+
+    env.secrets()
+        .delete("shop-token", &Default::default())
+        .await
+        .unwrap();
+    let recreated = wait_for(
+        "the target Secret to come back",
+        Duration::from_secs(20),
+        || async {
+            env.secret_data("shop-token")
+                .await?
+                .get("access_token")
+                .cloned()
+        },
+    )
+    .await;
+    assert_eq!(recreated, token, "recreated from the stored state");
+    assert_eq!(
+        provider.stats().await.token_requests,
+        requests,
+        "without a token request"
+    );
+    operator.assert_no_secret_in_logs(&secrets);
+}
+
+/// Scenario 6: the provider revokes the grant; the operator asks for re-authorization without a
+/// storm, and a fresh refresh token in the import Secret brings it back.
+#[tokio::test]
+async fn e2e_revoked_grant_needs_reauthorization_without_a_storm() {
+    let env = Env::new("revoke").await;
+    let provider = OidcProvider::start(provider_options(4)).await;
+    let secrets = SecretValues::default();
+    let operator = Operator::start(&env);
+    let grant_id = create_chain(&env, &provider, &secrets, "shop", BASIC_CLIENT, json!({})).await;
+    wait_for_new_token(&env, "shop", None, Duration::from_secs(20)).await;
+    secrets.collect(&env, "shop", "shop-token").await;
+
+    provider.revoke_grant(&grant_id).await;
+    let revoked_at = Instant::now();
+    wait_for(
+        "ReauthorizationRequired=True",
+        Duration::from_secs(20),
+        || async {
+            (env.condition("shop", "ReauthorizationRequired").await?
+                == ("True".into(), "InvalidGrant".into()))
+                .then_some(())
+        },
+    )
+    .await;
+    println!("ReauthorizationRequired after {:?}", revoked_at.elapsed());
+    assert_eq!(
+        env.condition("shop", "Ready").await,
+        Some(("False".into(), "InvalidGrant".into()))
+    );
+    let events = env.events_for("shop").await;
+    assert!(
+        events.contains(&"Warning InvalidGrant".to_string()),
+        "{events:?}"
+    );
+
+    let at_detection = provider.stats().await.token_requests;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let extra = provider.stats().await.token_requests - at_detection;
+    println!("token requests in the minute after revocation was detected: {extra}");
+    assert!(
+        extra <= 2,
+        "no retry storm: {extra} token requests in a minute"
+    );
+
+    let grant = provider.create_grant(BASIC_CLIENT.id, DEFAULT_SCOPE).await;
+    secrets.add(&grant.refresh_token);
+    env.apply_secret(
+        "shop-authorization",
+        &[("refresh_token", &grant.refresh_token)],
+    )
+    .await;
+    wait_for(
+        "Ready=True after re-authorization",
+        Duration::from_secs(20),
+        || async {
+            (env.condition("shop", "Ready").await? == ("True".into(), "TokenValid".into()))
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        env.condition("shop", "ReauthorizationRequired").await,
+        Some(("False".into(), "Authorized".into()))
+    );
+    secrets.collect(&env, "shop", "shop-token").await;
+    operator.assert_no_secret_in_logs(&secrets);
+}
+
+/// Scenario 7: the Kubernetes API fails for a while and watches drop; the operator recovers by
+/// itself and loses nothing. Needs fault injection, so only against the test server.
+#[tokio::test]
+async fn e2e_recovers_from_kubernetes_api_failures() {
+    let env = Env::new("apifail").await;
+    let Some(faults) = env.faults() else {
+        println!("skipped: fault injection needs the in-process test server");
+        return;
+    };
+    let provider = OidcProvider::start(provider_options(4)).await;
+    let secrets = SecretValues::default();
+    let operator = Operator::start(&env);
+    create_chain(&env, &provider, &secrets, "shop", BASIC_CLIENT, json!({})).await;
+    wait_for_new_token(&env, "shop", None, Duration::from_secs(20)).await;
+
+    // Ten seconds of a failing API: every request answers 500 and watches are cut.
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(10) {
+        faults.fail_next(kube_test_apiserver::FaultSpec {
+            count: 50,
+            status: 500,
+            path_contains: Some(format!("/namespaces/{}/", env.namespace)),
+            method: None,
+            delay: None,
+        });
+        faults.drop_watches();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    faults.clear();
+    let after_outage = provider.stats().await.successes;
+    let mut token = env.secret_data("shop-token").await.unwrap()["access_token"].clone();
+    for _ in 0..3 {
+        token = wait_for_new_token(&env, "shop", Some(&token), Duration::from_secs(30)).await;
+        secrets.collect(&env, "shop", "shop-token").await;
+    }
+    let stats = provider.stats().await;
+    println!(
+        "after a 10 s API outage: {} refreshes before, {} after, {:?}",
+        after_outage, stats.successes, stats.errors
+    );
+    assert!(stats.successes > after_outage);
+    assert_eq!(stats.error("invalid_grant"), 0, "{stats:?}");
+    wait_for("Ready=True", Duration::from_secs(10), || async {
+        (env.condition("shop", "Ready").await?.0 == "True").then_some(())
+    })
+    .await;
+    operator.assert_no_secret_in_logs(&secrets);
+}
