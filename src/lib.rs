@@ -5,8 +5,11 @@
 
 pub mod api;
 pub mod controller;
+pub mod leader;
+pub mod metrics;
 pub mod oauth;
 pub mod schedule;
+pub mod server;
 pub mod telemetry;
 
 /// The CRD manifest, as `oauth-token-operator crd` prints it and `crds/oauthtoken.yaml` holds it.

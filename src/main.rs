@@ -1,10 +1,18 @@
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use kube::runtime::events::Reporter;
-use oauth_token_operator::controller::{self, Scope};
+use oauth_token_operator::controller::{self, Context};
+use oauth_token_operator::leader::{self, LeaseOptions};
 use oauth_token_operator::oauth::{ClientOptions, DEFAULT_MAX_RESPONSE_BYTES, TokenClient};
+use oauth_token_operator::server::{self, Health};
 use oauth_token_operator::telemetry::{self, LogFormat};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
 
 /// Keeps OAuth 2.0 access tokens fresh in Kubernetes Secrets.
 #[derive(Parser)]
@@ -27,12 +35,26 @@ struct RunArgs {
     /// Allow http:// token endpoints. Credentials then travel in clear text: for local tests only.
     #[arg(long, env = "OAUTH_TOKEN_OPERATOR_ALLOW_INSECURE_HTTP")]
     allow_insecure_http: bool,
-    /// Watch only this namespace instead of the whole cluster.
-    #[arg(long, env = "OAUTH_TOKEN_OPERATOR_NAMESPACE")]
-    namespace: Option<String>,
+    /// Watch only this namespace (repeat for several). Without it, all namespaces are watched.
+    #[arg(long = "namespace", value_name = "NAMESPACE")]
+    namespaces: Vec<String>,
     /// Limit for one token request, connection included (e.g. 30s, 1m).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     token_request_timeout: Duration,
+    /// Address serving /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    /// Namespace of the leader-election Lease. Defaults to $POD_NAMESPACE, then the
+    /// kubeconfig's namespace.
+    #[arg(long)]
+    leader_election_namespace: Option<String>,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "oauth-token-operator")]
+    leader_election_lease_name: String,
+    /// Run without leader election. Only safe with a single replica: two operators refreshing
+    /// the same rotating refresh token revoke the chain.
+    #[arg(long)]
+    no_leader_election: bool,
     /// Log format.
     #[arg(
         long,
@@ -47,18 +69,18 @@ struct RunArgs {
 }
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Crd => {
             print!("{}", oauth_token_operator::crd_yaml());
-            std::process::ExitCode::SUCCESS
+            ExitCode::SUCCESS
         }
         Command::Run(args) => run(args).await,
     }
 }
 
-async fn run(args: RunArgs) -> std::process::ExitCode {
+async fn run(args: RunArgs) -> ExitCode {
     telemetry::init(args.log_format, &args.log_level);
     let tokens = match TokenClient::new(ClientOptions {
         timeout: args.token_request_timeout,
@@ -67,29 +89,121 @@ async fn run(args: RunArgs) -> std::process::ExitCode {
     }) {
         Ok(tokens) => tokens,
         Err(error) => {
-            tracing::error!(%error, "could not build the HTTP client");
-            return std::process::ExitCode::FAILURE;
+            error!(%error, "could not build the HTTP client");
+            return ExitCode::FAILURE;
         }
     };
     let client = match kube::Client::try_default().await {
         Ok(client) => client,
         Err(error) => {
-            tracing::error!(%error, "could not configure the Kubernetes client");
-            return std::process::ExitCode::FAILURE;
+            error!(%error, "could not configure the Kubernetes client");
+            return ExitCode::FAILURE;
         }
     };
+    let pod_name = std::env::var("POD_NAME").ok();
     let reporter = Reporter {
         controller: "oauth-token-operator".to_string(),
-        instance: std::env::var("POD_NAME").ok(),
+        instance: pod_name.clone(),
     };
-    controller::run(
-        client,
-        tokens,
-        Scope {
-            namespace: args.namespace,
+    let context = Arc::new(Context::new(client.clone(), tokens, reporter));
+    let ready = Arc::new(AtomicBool::new(false));
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+
+    let health = Health {
+        metrics: context.metrics.clone(),
+        ready: ready.clone(),
+    };
+    let server_stop = shutdown.clone();
+    let server = tokio::spawn(server::serve(args.http_addr, health, async move {
+        server_stop.cancelled().await
+    }));
+
+    let code = if args.no_leader_election {
+        controller::run(context, args.namespaces, shutdown.clone(), ready).await;
+        ExitCode::SUCCESS
+    } else {
+        let lease = LeaseOptions {
+            namespace: args
+                .leader_election_namespace
+                .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                .unwrap_or_else(|| client.default_namespace().to_string()),
+            name: args.leader_election_lease_name,
+            identity: pod_name.unwrap_or_else(random_identity),
+            duration_seconds: 15,
+            grace_seconds: 5,
+        };
+        run_as_leader(
+            client,
+            lease,
+            context,
+            args.namespaces,
+            shutdown.clone(),
+            ready,
+        )
+        .await
+    };
+    shutdown.cancel();
+    match server.await {
+        Ok(Err(error)) => {
+            error!(%error, "the HTTP server failed");
+            ExitCode::FAILURE
+        }
+        _ => code,
+    }
+}
+
+/// Stands by until this replica holds the lease, then runs the controller until shutdown or
+/// until the lease is lost. On shutdown the lease is released only after in-flight refreshes are
+/// persisted, so a standby takes over within seconds.
+async fn run_as_leader(
+    client: kube::Client,
+    lease: LeaseOptions,
+    context: Arc<Context>,
+    namespaces: Vec<String>,
+    shutdown: CancellationToken,
+    ready: Arc<AtomicBool>,
+) -> ExitCode {
+    // A standby replica is healthy and ready: it has nothing to sync until it leads.
+    ready.store(true, Ordering::Release);
+    let mut leadership = tokio::select! {
+        acquired = leader::acquire(client, &lease) => match acquired {
+            Ok(leadership) => leadership,
+            Err(error) => {
+                error!(%error, "leader election failed");
+                return ExitCode::FAILURE;
+            }
         },
-        reporter,
-    )
-    .await;
-    std::process::ExitCode::SUCCESS
+        _ = shutdown.cancelled() => return ExitCode::SUCCESS,
+    };
+    let controller_stop = shutdown.child_token();
+    let running = controller::run(context, namespaces, controller_stop.clone(), ready);
+    tokio::pin!(running);
+    tokio::select! {
+        _ = &mut running => {
+            leadership.release().await;
+            ExitCode::SUCCESS
+        }
+        _ = leadership.lost() => {
+            error!("lost the leader lease; stopping so that another replica can lead");
+            controller_stop.cancel();
+            running.await;
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = terminate.recv() => info!("SIGTERM received, finishing in-flight work"),
+        _ = tokio::signal::ctrl_c() => info!("interrupt received, finishing in-flight work"),
+    }
+    shutdown.cancel();
+}
+
+fn random_identity() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "oauth-token-operator".to_string());
+    format!("{host}-{:08x}", rand::random::<u32>())
 }

@@ -125,6 +125,30 @@ async fn e2e_first_token_within_seconds() {
         events.contains(&"Normal TokenIssued".to_string()),
         "{events:?}"
     );
+
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let get = |path: &'static str| {
+        let http = http.clone();
+        let url = format!("{}{path}", operator.http_url());
+        async move { http.get(url).send().await.unwrap() }
+    };
+    assert_eq!(get("/healthz").await.status(), 200);
+    assert_eq!(get("/readyz").await.status(), 200);
+    let metrics = get("/metrics").await.text().await.unwrap();
+    for series in [
+        "oauth_token_operator_refresh_attempts_total{result=\"success\"} 1",
+        "oauth_token_operator_token_endpoint_responses_total{status_class=\"2xx\"} 1",
+        "oauth_token_operator_ready{namespace=",
+        "oauth_token_operator_access_token_expiry_timestamp_seconds{namespace=",
+    ] {
+        assert!(metrics.contains(series), "missing {series} in\n{metrics}");
+    }
+    for value in secrets.values() {
+        assert!(
+            !metrics.contains(&value),
+            "a secret value appears in /metrics"
+        );
+    }
     operator.assert_no_secret_in_logs(&secrets);
 }
 
@@ -188,7 +212,7 @@ async fn e2e_restart_keeps_the_chain_without_extra_requests() {
         // Restart right after a refresh, so the token is valid for most of its life.
         let before = provider.stats().await;
         if graceful {
-            operator.terminate();
+            operator.terminate().await;
         } else {
             operator.kill();
         }
@@ -494,4 +518,85 @@ async fn e2e_recovers_from_kubernetes_api_failures() {
     })
     .await;
     operator.assert_no_secret_in_logs(&secrets);
+}
+
+/// Two operator processes against one chain: only the leader refreshes, a stopping leader
+/// hands over within seconds by releasing the lease, and a killed leader is replaced once its
+/// lease expires. The provider never sees a reused refresh token.
+#[tokio::test]
+async fn e2e_two_replicas_never_refresh_twice_and_hand_over() {
+    let env = Env::new("ha").await;
+    let provider = OidcProvider::start(provider_options(3)).await;
+    let secrets = SecretValues::default();
+    let mut first = Operator::start(&env);
+    create_chain(&env, &provider, &secrets, "shop", BASIC_CLIENT, json!({})).await;
+    let mut token = wait_for_new_token(&env, "shop", None, Duration::from_secs(20)).await;
+    let mut second = Operator::start(&env);
+
+    // Both run side by side for a while: several refreshes, all by the leader.
+    let start = provider.stats().await.successes;
+    wait_for(
+        "refreshes with two replicas",
+        Duration::from_secs(30),
+        || async { (provider.stats().await.successes >= start + 4).then_some(()) },
+    )
+    .await;
+    let requested = |operator: &Operator| {
+        operator
+            .logs()
+            .iter()
+            .filter(|l| l.contains("requesting a token"))
+            .count()
+    };
+    assert!(requested(&first) > 0);
+    assert_eq!(
+        requested(&second),
+        0,
+        "the standby replica made token requests"
+    );
+
+    // A graceful stop releases the lease: the standby leads well before the lease would expire.
+    let stopped = Instant::now();
+    first.terminate().await;
+    wait_for(
+        "the standby to take over",
+        Duration::from_secs(10),
+        || async {
+            second
+                .logs()
+                .iter()
+                .any(|l| l.contains("acquired leadership"))
+                .then_some(())
+        },
+    )
+    .await;
+    println!("hand-over after SIGTERM took {:?}", stopped.elapsed());
+    token = wait_for_new_token(&env, "shop", Some(&token), Duration::from_secs(20)).await;
+    secrets.collect(&env, "shop", "shop-token").await;
+
+    // A killed leader cannot release; its replacement waits for the lease to expire.
+    first.restart();
+    second.kill();
+    let killed = Instant::now();
+    wait_for(
+        "the restarted replica to take over",
+        Duration::from_secs(40),
+        || async {
+            first
+                .current_logs()
+                .iter()
+                .any(|l| l.contains("acquired leadership"))
+                .then_some(())
+        },
+    )
+    .await;
+    println!("hand-over after SIGKILL took {:?}", killed.elapsed());
+    wait_for_new_token(&env, "shop", Some(&token), Duration::from_secs(20)).await;
+    secrets.collect(&env, "shop", "shop-token").await;
+
+    let stats = provider.stats().await;
+    println!("two replicas: {stats:?}");
+    assert_eq!(stats.error("invalid_grant"), 0, "{stats:?}");
+    first.assert_no_secret_in_logs(&secrets);
+    second.assert_no_secret_in_logs(&secrets);
 }

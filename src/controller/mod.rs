@@ -1,6 +1,7 @@
 //! The reconcile shell: watches, the shared context, and error handling.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,9 +13,11 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::api::OAuthToken;
+use crate::metrics::Metrics;
 use crate::oauth::TokenClient;
 
 mod reconcile;
@@ -66,6 +69,7 @@ pub struct Context {
     pub recorder: Recorder,
     /// A uniform draw in `[0, 1)` for jitter; replaceable so tests are reproducible.
     pub jitter: fn() -> f64,
+    pub metrics: Arc<Metrics>,
     /// Token states obtained from the provider whose write to the state Secret failed. They
     /// hold the only copy of the newest refresh token, so they are written before anything else.
     parked: Mutex<HashMap<ObjectKey, TokenState>>,
@@ -78,6 +82,7 @@ impl Context {
             client,
             tokens,
             jitter: rand::random::<f64>,
+            metrics: Arc::default(),
             parked: Mutex::new(HashMap::new()),
         }
     }
@@ -112,8 +117,14 @@ impl Context {
 
 /// Retry delay after a reconcile error (Kubernetes API trouble). Provider failures never get
 /// here: their backoff is computed from status.
-fn error_policy(_token: Arc<OAuthToken>, error: &Error, _ctx: Arc<Context>) -> Action {
+fn error_policy(_token: Arc<OAuthToken>, error: &Error, ctx: Arc<Context>) -> Action {
     warn!(category = error.category(), %error, "reconcile failed");
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&crate::metrics::CategoryLabels {
+            category: error.category(),
+        })
+        .inc();
     let jitter = Duration::from_millis((rand::random::<f64>() * 2000.0) as u64);
     let base = match error {
         // The newest refresh token exists only in memory: try to write it again soon.
@@ -163,48 +174,81 @@ fn reads_secret(token: &OAuthToken, name: &str) -> bool {
             .is_some_and(|g| g.initial_refresh_token_secret_ref.name == name)
 }
 
-/// Where the controller looks for OAuthTokens.
-#[derive(Clone, Debug, Default)]
-pub struct Scope {
-    /// Watch only this namespace; `None` watches all namespaces.
-    pub namespace: Option<String>,
-}
-
-/// Runs the controller until a termination signal; in-flight reconciles finish first, so a
-/// refresh that already reached the provider gets its new refresh token persisted.
-pub async fn run(client: Client, tokens: TokenClient, scope: Scope, reporter: Reporter) {
-    // Metadata only: the controller reads Secret values on demand and never caches them.
-    let (oauth_tokens, secrets): (Api<OAuthToken>, Api<PartialObjectMeta<Secret>>) =
-        match &scope.namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (Api::all(client.clone()), Api::all(client.clone())),
-        };
-    let context = Arc::new(Context::new(client, tokens, reporter));
-    let secret_changes = watcher(secrets, watcher::Config::default())
-        .default_backoff()
-        .touched_objects();
-    let controller = Controller::new(oauth_tokens, watcher::Config::default());
-    let store = controller.store();
-    info!(namespace = ?scope.namespace, "starting the OAuthToken controller");
-    controller
-        .watches_stream(secret_changes, move |secret| {
-            tokens_for_secret(&store, &secret)
-        })
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, context.clone())
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "reconcile round ended with an error");
+/// Runs the controllers until `shutdown` is cancelled: one for the whole cluster, or one per
+/// namespace in `namespaces`. In-flight reconciles finish first, so a refresh that already
+/// reached the provider gets its new refresh token persisted. `ready` is set once every watch
+/// has synced.
+pub async fn run(
+    context: Arc<Context>,
+    namespaces: Vec<String>,
+    shutdown: CancellationToken,
+    ready: Arc<AtomicBool>,
+) {
+    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.into_iter().map(Some).collect()
+    };
+    let mut stores = Vec::new();
+    let mut controllers = Vec::new();
+    for namespace in scopes {
+        let (store, controller) = controller_for(context.clone(), namespace, shutdown.clone());
+        stores.push(store);
+        controllers.push(controller);
+    }
+    tokio::spawn(async move {
+        for store in stores {
+            if store.wait_until_ready().await.is_err() {
+                return;
             }
-        })
-        .await;
+        }
+        info!("watches synced");
+        ready.store(true, Ordering::Release);
+    });
+    futures::future::join_all(controllers).await;
     if context.has_parked_state() {
         warn!(
             "stopping with token state that could not be written; those chains may need re-authorization"
         );
     }
     info!("controller stopped");
+}
+
+fn controller_for(
+    context: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: CancellationToken,
+) -> (Store<OAuthToken>, impl std::future::Future<Output = ()>) {
+    let client = context.client.clone();
+    // Metadata only: the controller reads Secret values on demand and never caches them.
+    let (oauth_tokens, secrets): (Api<OAuthToken>, Api<PartialObjectMeta<Secret>>) =
+        match &namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client, ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client)),
+        };
+    let secret_changes = watcher(secrets, watcher::Config::default())
+        .default_backoff()
+        .touched_objects();
+    let controller = Controller::new(oauth_tokens, watcher::Config::default());
+    let store = controller.store();
+    let mapper_store = store.clone();
+    info!(
+        namespace = namespace.as_deref().unwrap_or("(all)"),
+        "starting the OAuthToken controller"
+    );
+    let running = controller
+        .watches_stream(secret_changes, move |secret| {
+            tokens_for_secret(&mapper_store, &secret)
+        })
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "reconcile round ended with an error");
+            }
+        });
+    (store, running)
 }

@@ -17,8 +17,9 @@ use super::settings::{self, ClientSource, GrantSettings, Settings};
 use super::state::{AccessToken, TokenState, fingerprint};
 use super::status::{self, Outcome};
 use super::{Context, Error};
-use crate::api::{OAuthToken, OAuthTokenStatus};
-use crate::oauth::{ClientCredentials, GrantRequest, OAuthError, TokenRequest, jwt};
+use crate::api::{OAuthToken, OAuthTokenStatus, conditions};
+use crate::metrics::RefreshResult;
+use crate::oauth::{ClientCredentials, FailureKind, GrantRequest, OAuthError, TokenRequest, jwt};
 use crate::schedule::{self, Decision, FailureClass, Observed, RefreshReason};
 
 /// How long to wait before looking again at an OAuthToken that a user must fix, in case a watch
@@ -34,6 +35,7 @@ pub async fn reconcile(object: Arc<OAuthToken>, ctx: Arc<Context>) -> Result<Act
     // Read afresh: the watch cache can lag behind our own status write, and the status holds
     // the failure backoff that must not be skipped.
     let Some(token) = tokens.get_opt(&name).await.map_err(Error::ReadInputs)? else {
+        ctx.metrics.forget_token(&namespace, &name);
         return Ok(Action::await_change());
     };
     if token.metadata.deletion_timestamp.is_some() {
@@ -62,6 +64,12 @@ pub async fn reconcile(object: Arc<OAuthToken>, ctx: Arc<Context>) -> Result<Act
             .await
             .map_err(Error::WriteStatus)?;
     }
+    ctx.metrics.observe_token(
+        &namespace,
+        &name,
+        conditions::is_true(&next.conditions, conditions::READY),
+        next.expires_at.map(|at| at.timestamp()),
+    );
     publish_events(&ctx, &token, &previous, &next, &outcome).await;
     Ok(requeue_for(&outcome, now))
 }
@@ -244,6 +252,23 @@ impl Run<'_> {
         let started = std::time::Instant::now();
         let result = self.ctx.tokens.request(&request).await;
         let elapsed = started.elapsed();
+        self.ctx
+            .metrics
+            .refresh_duration
+            .observe(elapsed.as_secs_f64());
+        self.ctx.metrics.count_response(match &result {
+            Ok(issued) => Some(issued.status),
+            Err(error) => error.http_status(),
+        });
+        self.ctx.metrics.count_attempt(match &result {
+            Ok(_) => RefreshResult::success,
+            Err(error) => match error.kind() {
+                FailureKind::ReauthorizationRequired => RefreshResult::reauthorization_required,
+                FailureKind::InvalidClient => RefreshResult::invalid_client,
+                FailureKind::Configuration => RefreshResult::configuration_error,
+                FailureKind::Transient => RefreshResult::transient_error,
+            },
+        });
         match result {
             Ok(issued) => {
                 let response = issued.response;
@@ -429,7 +454,6 @@ impl Run<'_> {
 }
 
 fn failure_class(error: &OAuthError) -> FailureClass {
-    use crate::oauth::FailureKind;
     match error.kind() {
         FailureKind::ReauthorizationRequired => FailureClass::ReauthorizationRequired,
         FailureKind::InvalidClient | FailureKind::Configuration => FailureClass::NeedsUserAction,

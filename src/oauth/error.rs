@@ -117,6 +117,18 @@ impl OAuthError {
         }
     }
 
+    /// The HTTP status of the answer, when a complete answer arrived.
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            OAuthError::Rejected { status, .. }
+            | OAuthError::Throttled { status, .. }
+            | OAuthError::UnexpectedStatus { status }
+            | OAuthError::Malformed { status, .. } => Some(*status),
+            OAuthError::Redirect { status } if *status != 0 => Some(*status),
+            _ => None,
+        }
+    }
+
     /// The wait the provider asked for, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

@@ -107,6 +107,8 @@ pub struct TokenClient {
 pub struct Issued {
     pub response: TokenResponse,
     pub requested_at: DateTime<Utc>,
+    /// The 2xx status the endpoint answered with.
+    pub status: u16,
 }
 
 impl TokenClient {
@@ -188,6 +190,7 @@ impl TokenClient {
         Ok(Issued {
             response,
             requested_at,
+            status,
         })
     }
 

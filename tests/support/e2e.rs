@@ -261,6 +261,8 @@ pub struct Operator {
     child: Option<Child>,
     args: Vec<String>,
     kubeconfig: PathBuf,
+    identity: String,
+    http_port: u16,
     logs: Arc<Mutex<Vec<String>>>,
     /// Index into `logs` where the current process's output starts.
     current_start: Arc<Mutex<usize>>,
@@ -272,11 +274,16 @@ impl Operator {
     }
 
     pub fn start_with(env: &Env, extra_args: &[&str]) -> Operator {
+        let http_port = free_port();
         let mut args: Vec<String> = vec![
             "run".into(),
             "--allow-insecure-http".into(),
             "--namespace".into(),
             env.namespace.clone(),
+            "--leader-election-namespace".into(),
+            env.namespace.clone(),
+            "--http-addr".into(),
+            format!("127.0.0.1:{http_port}"),
             "--token-request-timeout".into(),
             "5s".into(),
         ];
@@ -285,6 +292,9 @@ impl Operator {
             child: None,
             args,
             kubeconfig: env.kubeconfig.clone(),
+            // Like a pod name: a restarted process keeps it, and so keeps its lease.
+            identity: format!("operator-{:08x}", rand::random::<u32>()),
+            http_port,
             logs: Arc::default(),
             current_start: Arc::default(),
         };
@@ -298,6 +308,7 @@ impl Operator {
         let mut child = Command::new(env!("CARGO_BIN_EXE_oauth-token-operator"))
             .args(&self.args)
             .env("KUBECONFIG", &self.kubeconfig)
+            .env("POD_NAME", &self.identity)
             .env("RUST_LOG", "debug")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -319,12 +330,22 @@ impl Operator {
         self.child = Some(child);
     }
 
+    /// Base URL of the health and metrics endpoints.
+    pub fn http_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
 
-    /// Sends SIGTERM and waits for a graceful exit.
-    pub fn terminate(&mut self) {
+    /// Sends SIGTERM and waits for a graceful exit. Async on purpose: the in-process API
+    /// server shares this test's runtime, and the operator needs it to finish its work.
+    pub async fn terminate(&mut self) {
         let mut child = self.child.take().expect("running");
         signal(child.id(), "TERM");
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -335,9 +356,17 @@ impl Operator {
             }
             if Instant::now() > deadline {
                 child.kill().unwrap();
-                panic!("the operator did not stop within 30 s of SIGTERM");
+                let logs = self.current_logs();
+                if let Ok(path) = std::env::var("E2E_DUMP_LOGS") {
+                    std::fs::write(path, logs.join("\n")).unwrap();
+                }
+                let tail = &logs[logs.len().saturating_sub(30)..];
+                panic!(
+                    "the operator did not stop within 30 s of SIGTERM; last lines:\n{}",
+                    tail.join("\n")
+                );
             }
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -386,6 +415,14 @@ impl Drop for Operator {
             let _ = child.wait();
         }
     }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn signal(pid: u32, name: &str) {
