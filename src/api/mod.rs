@@ -46,10 +46,20 @@ pub const DEFAULT_REFRESH_TOKEN_KEY: &str = "refresh_token";
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!(has(self.refreshBefore) && has(self.refreshBeforePercentage))",
+     "message": "set at most one of refreshBefore and refreshBeforePercentage"},
+    {"rule": "has(self.clientSecretRef) || (has(self.clientId) && has(self.clientAuthentication) && self.clientAuthentication == 'None')",
+     "message": "clientSecretRef is required unless clientAuthentication is None and clientId is set"}
+]))]
 pub struct OAuthTokenSpec {
     /// URL of the provider's token endpoint, for example
     /// `https://allegro.pl/auth/oauth/token`. Must be `https://` unless the operator runs with
     /// `--allow-insecure-http`.
+    #[schemars(length(min = 1, max = 2048), extend("x-kubernetes-validations" = [
+        {"rule": "isURL(self) && url(self).getScheme() in ['https', 'http'] && url(self).getHostname() != ''",
+         "message": "tokenEndpoint must be an absolute https:// URL (http:// only works with the operator flag --allow-insecure-http)"}
+    ]))]
     pub token_endpoint: String,
 
     /// How the client authenticates at the token endpoint: `ClientSecretBasic` (HTTP Basic
@@ -91,6 +101,7 @@ pub struct OAuthTokenSpec {
     /// `1h30m`. Mutually exclusive with `refreshBeforePercentage`. When neither is set the
     /// token is refreshed when a third of its lifetime remains.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
     pub refresh_before: Option<String>,
 
     /// Refresh when this percentage (1-99) of the access token's lifetime remains. Mutually
@@ -102,12 +113,17 @@ pub struct OAuthTokenSpec {
     /// Lifetime assumed for an access token when the provider sends no `expires_in` and the
     /// token is not a JWT with an `exp` claim, as a duration such as `1h`. Defaults to `1h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
     pub default_token_lifetime: Option<String>,
 
     /// Name of the Secret, in this namespace, that receives the access token. Defaults to the
     /// OAuthToken's name. The operator creates it and refuses to overwrite a Secret that it
     /// does not control.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub secret_name: Option<String>,
 
     /// Also write the current refresh token to the target Secret (key `refresh_token`). Off by
@@ -134,6 +150,10 @@ pub enum ClientAuthentication {
 #[serde(rename_all = "camelCase")]
 pub struct ClientSecretRef {
     /// Name of a Secret in the OAuthToken's namespace.
+    #[schemars(
+        length(max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: String,
     /// Key holding the client identifier. Defaults to `client_id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -146,6 +166,10 @@ pub struct ClientSecretRef {
 /// The OAuth 2.0 grant used to obtain access tokens. Exactly one field must be set.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.refreshToken) != has(self.clientCredentials)",
+     "message": "set exactly one of refreshToken or clientCredentials"}
+]))]
 pub struct Grant {
     /// Refresh-token grant (RFC 6749 section 6): a refresh token obtained once by a human is
     /// exchanged for access tokens; rotated refresh tokens are stored by the operator.
@@ -176,6 +200,10 @@ pub struct ClientCredentialsGrant {}
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// Name of a Secret in the OAuthToken's namespace.
+    #[schemars(
+        length(max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: String,
     /// Key within the Secret. Defaults to `refresh_token`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
