@@ -15,11 +15,15 @@ use support::oidc_provider::{
     BASIC_CLIENT, Client, DEFAULT_SCOPE, OidcOptions, OidcProvider, POST_CLIENT,
 };
 
-fn provider_options(access_token_ttl_secs: u64) -> OidcOptions {
-    OidcOptions {
+/// A fresh namespace and a provider whose access tokens live `access_token_ttl_secs`.
+async fn setup(test: &str, access_token_ttl_secs: u64) -> (Env, OidcProvider, SecretValues) {
+    let env = Env::new(test).await;
+    let provider = OidcProvider::start(OidcOptions {
         access_token_ttl_secs,
         ..OidcOptions::default()
-    }
+    })
+    .await;
+    (env, provider, SecretValues::default())
 }
 
 /// Client Secret, import Secret from a fresh grant, and an OAuthToken using them.
@@ -94,9 +98,7 @@ async fn introspect(provider: &OidcProvider, client: Client, token: &str) -> Val
 /// Scenario 1: apply the three objects; a working token appears within seconds.
 #[tokio::test]
 async fn e2e_first_token_within_seconds() {
-    let env = Env::new("first").await;
-    let provider = OidcProvider::start(provider_options(60)).await;
-    let secrets = SecretValues::default();
+    let (env, provider, secrets) = setup("first", 60).await;
     let operator = Operator::start(&env);
     let started = Instant::now();
     create_chain(&env, &provider, &secrets, "shop", BASIC_CLIENT, json!({})).await;
@@ -108,10 +110,12 @@ async fn e2e_first_token_within_seconds() {
     let introspection = introspect(&provider, BASIC_CLIENT, &token).await;
     assert_eq!(introspection["active"], true, "{introspection}");
 
-    wait_for("Ready=True", Duration::from_secs(10), || async {
-        (env.condition("shop", "Ready").await? == ("True".into(), "TokenValid".into()))
-            .then_some(())
-    })
+    env.wait_for_condition(
+        "shop",
+        "Ready",
+        ("True", "TokenValid"),
+        Duration::from_secs(10),
+    )
     .await;
     let status = env.status("shop").await;
     assert!(status["refreshTokenImportedAt"].is_string(), "{status}");
@@ -155,9 +159,7 @@ async fn e2e_first_token_within_seconds() {
 /// Scenario 2: short-lived tokens are refreshed ahead of expiry, again and again, on one chain.
 #[tokio::test]
 async fn e2e_refreshes_again_and_again_without_breaking_the_chain() {
-    let env = Env::new("refresh").await;
-    let provider = OidcProvider::start(provider_options(4)).await;
-    let secrets = SecretValues::default();
+    let (env, provider, secrets) = setup("refresh", 4).await;
     let operator = Operator::start(&env);
     create_chain(&env, &provider, &secrets, "basic", BASIC_CLIENT, json!({})).await;
     create_chain(&env, &provider, &secrets, "post", POST_CLIENT, json!({})).await;
@@ -201,9 +203,7 @@ async fn e2e_refreshes_again_and_again_without_breaking_the_chain() {
 /// valid, and refreshing continues on the same chain.
 #[tokio::test]
 async fn e2e_restart_keeps_the_chain_without_extra_requests() {
-    let env = Env::new("restart").await;
-    let provider = OidcProvider::start(provider_options(15)).await;
-    let secrets = SecretValues::default();
+    let (env, provider, secrets) = setup("restart", 15).await;
     let mut operator = Operator::start(&env);
     create_chain(&env, &provider, &secrets, "shop", BASIC_CLIENT, json!({})).await;
     let mut token = wait_for_new_token(&env, "shop", None, Duration::from_secs(20)).await;
@@ -245,9 +245,7 @@ async fn e2e_restart_keeps_the_chain_without_extra_requests() {
 #[tokio::test]
 async fn e2e_crash_loop_loses_no_chain_outside_the_write_window() {
     const CYCLES: usize = 30;
-    let env = Env::new("crash").await;
-    let provider = OidcProvider::start(provider_options(2)).await;
-    let secrets = SecretValues::default();
+    let (env, provider, secrets) = setup("crash", 2).await;
     let names = ["alpha", "beta"];
     let clients = [BASIC_CLIENT, POST_CLIENT];
     for (name, client) in names.iter().zip(clients) {
@@ -370,9 +368,7 @@ fn killed_in_write_window(logs: &[String], name: &str) -> bool {
 /// Scenario 5: a deleted target Secret is recreated.
 #[tokio::test]
 async fn e2e_deleted_target_secret_is_recreated() {
-    let env = Env::new("recreate").await;
-    let provider = OidcProvider::start(provider_options(120)).await;
-    let secrets = SecretValues::default();
+    let (env, provider, secrets) = setup("recreate", 120).await;
     let operator = Operator::start(&env);
     create_chain(&env, &provider, &secrets, "shop", BASIC_CLIENT, json!({})).await;
     let token = wait_for_new_token(&env, "shop", None, Duration::from_secs(20)).await;
@@ -407,9 +403,7 @@ async fn e2e_deleted_target_secret_is_recreated() {
 /// storm, and a fresh refresh token in the import Secret brings it back.
 #[tokio::test]
 async fn e2e_revoked_grant_needs_reauthorization_without_a_storm() {
-    let env = Env::new("revoke").await;
-    let provider = OidcProvider::start(provider_options(4)).await;
-    let secrets = SecretValues::default();
+    let (env, provider, secrets) = setup("revoke", 4).await;
     let operator = Operator::start(&env);
     let grant_id = create_chain(&env, &provider, &secrets, "shop", BASIC_CLIENT, json!({})).await;
     wait_for_new_token(&env, "shop", None, Duration::from_secs(20)).await;
@@ -417,14 +411,11 @@ async fn e2e_revoked_grant_needs_reauthorization_without_a_storm() {
 
     provider.revoke_grant(&grant_id).await;
     let revoked_at = Instant::now();
-    wait_for(
-        "ReauthorizationRequired=True",
+    env.wait_for_condition(
+        "shop",
+        "ReauthorizationRequired",
+        ("True", "InvalidGrant"),
         Duration::from_secs(20),
-        || async {
-            (env.condition("shop", "ReauthorizationRequired").await?
-                == ("True".into(), "InvalidGrant".into()))
-                .then_some(())
-        },
     )
     .await;
     println!("ReauthorizationRequired after {:?}", revoked_at.elapsed());
@@ -454,13 +445,11 @@ async fn e2e_revoked_grant_needs_reauthorization_without_a_storm() {
         &[("refresh_token", &grant.refresh_token)],
     )
     .await;
-    wait_for(
-        "Ready=True after re-authorization",
+    env.wait_for_condition(
+        "shop",
+        "Ready",
+        ("True", "TokenValid"),
         Duration::from_secs(20),
-        || async {
-            (env.condition("shop", "Ready").await? == ("True".into(), "TokenValid".into()))
-                .then_some(())
-        },
     )
     .await;
     assert_eq!(
@@ -475,13 +464,11 @@ async fn e2e_revoked_grant_needs_reauthorization_without_a_storm() {
 /// itself and loses nothing. Needs fault injection, so only against the test server.
 #[tokio::test]
 async fn e2e_recovers_from_kubernetes_api_failures() {
-    let env = Env::new("apifail").await;
+    let (env, provider, secrets) = setup("apifail", 4).await;
     let Some(faults) = env.faults() else {
         println!("skipped: fault injection needs the in-process test server");
         return;
     };
-    let provider = OidcProvider::start(provider_options(4)).await;
-    let secrets = SecretValues::default();
     let operator = Operator::start(&env);
     create_chain(&env, &provider, &secrets, "shop", BASIC_CLIENT, json!({})).await;
     wait_for_new_token(&env, "shop", None, Duration::from_secs(20)).await;
@@ -525,9 +512,7 @@ async fn e2e_recovers_from_kubernetes_api_failures() {
 /// lease expires. The provider never sees a reused refresh token.
 #[tokio::test]
 async fn e2e_two_replicas_never_refresh_twice_and_hand_over() {
-    let env = Env::new("ha").await;
-    let provider = OidcProvider::start(provider_options(3)).await;
-    let secrets = SecretValues::default();
+    let (env, provider, secrets) = setup("ha", 3).await;
     let mut first = Operator::start(&env);
     create_chain(&env, &provider, &secrets, "shop", BASIC_CLIENT, json!({})).await;
     let mut token = wait_for_new_token(&env, "shop", None, Duration::from_secs(20)).await;

@@ -91,27 +91,13 @@ pub fn desired(
             if *imported {
                 next.refresh_token_imported_at = Some(truncate_to_seconds(now));
             }
-            set(
-                &mut next,
-                READY,
-                TRUE,
-                reason::TOKEN_VALID,
-                valid_message(state),
-            );
-            authorized(&mut next);
+            conditions.token_valid(&mut next, state);
         }
         Outcome::Waiting { state, until } => {
             if previous.failed_attempts == 0 {
                 record_token(&mut next, state);
                 if state.valid_access(now).is_some() {
-                    set(
-                        &mut next,
-                        READY,
-                        TRUE,
-                        reason::TOKEN_VALID,
-                        valid_message(state),
-                    );
-                    authorized(&mut next);
+                    conditions.token_valid(&mut next, state);
                 }
             } else if state.valid_access(now).is_none()
                 && conditions::is_true(&next.conditions, READY)
@@ -216,6 +202,12 @@ impl ConditionWriter {
             self.generation,
             self.now,
         );
+    }
+
+    /// `Ready=True` for a valid published token; the grant evidently works.
+    fn token_valid(&self, next: &mut OAuthTokenStatus, state: &TokenState) {
+        self.set(next, READY, TRUE, reason::TOKEN_VALID, valid_message(state));
+        self.authorized(next);
     }
 
     /// `ReauthorizationRequired=False`, with a reason that fits the grant.

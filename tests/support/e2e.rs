@@ -169,6 +169,22 @@ impl Env {
             })
     }
 
+    /// Waits until condition `type_` of OAuthToken `name` has this `(status, reason)`.
+    pub async fn wait_for_condition(
+        &self,
+        name: &str,
+        type_: &str,
+        expected: (&str, &str),
+        timeout: Duration,
+    ) {
+        let what = format!("{name} to have {type_}={} ({})", expected.0, expected.1);
+        wait_for(&what, timeout, || async {
+            let (status, reason) = self.condition(name, type_).await?;
+            (status == expected.0 && reason == expected.1).then_some(())
+        })
+        .await;
+    }
+
     /// Events about the OAuthToken `name`, as `type reason` strings.
     pub async fn events_for(&self, name: &str) -> Vec<String> {
         let events: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
