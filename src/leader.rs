@@ -1,10 +1,17 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease, so that several replicas never refresh
 //! the same token at once (with rotating refresh tokens that revokes the chain).
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use kube::Client;
-use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
+use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+/// How often a standby replica looks at the Lease. A released lease is noticed within this
+/// time, so a graceful hand-over takes about a second instead of a lease duration.
+const STANDBY_POLL: Duration = Duration::from_secs(1);
 
 /// Lease settings.
 #[derive(Clone, Debug)]
@@ -20,8 +27,9 @@ pub struct LeaseOptions {
 
 /// Held leadership: renewed in the background until released or lost.
 pub struct Leadership {
-    state: watch::Receiver<bool>,
-    task: JoinHandle<Result<kube_lease_manager::LeaseManager, LeaseManagerError>>,
+    manager: Arc<LeaseManager>,
+    held: watch::Receiver<bool>,
+    renewal: JoinHandle<()>,
 }
 
 /// Waits until this process holds the lease.
@@ -29,46 +37,98 @@ pub async fn acquire(
     client: Client,
     options: &LeaseOptions,
 ) -> Result<Leadership, LeaseManagerError> {
-    let manager = LeaseManagerBuilder::new(client, &options.name)
-        .with_namespace(&options.namespace)
-        .with_identity(&options.identity)
-        .with_duration(options.duration_seconds)
-        .with_grace(options.grace_seconds)
-        .build()
-        .await?;
-    let (mut state, task) = manager.watch().await;
     tracing::info!(
         lease = options.name,
         namespace = options.namespace,
         identity = options.identity,
         "waiting for leadership"
     );
-    // An error here means the renewal task ended; its result says why.
-    if state.wait_for(|leader| *leader).await.is_err() {
-        return match task.await {
-            Ok(Err(error)) => Err(error),
-            _ => Err(LeaseManagerError::InconsistentState(
-                "the lease task stopped before acquiring the lease".to_string(),
-            )),
-        };
-    }
+    let manager = loop {
+        // A lease manager trusts its cached view of the Lease until that lease would expire, so
+        // a fresh one per poll is what notices a released lease within a second. The current
+        // holder's lease is left alone: `changed` only takes a free or expired lease.
+        let manager = LeaseManagerBuilder::new(client.clone(), &options.name)
+            .with_namespace(&options.namespace)
+            .with_identity(&options.identity)
+            .with_duration(options.duration_seconds)
+            .with_grace(options.grace_seconds)
+            .build()
+            .await;
+        match manager {
+            Ok(manager) => match tokio::time::timeout(STANDBY_POLL, manager.changed()).await {
+                Ok(Ok(true)) => break manager,
+                Ok(Ok(false)) | Err(_) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "taking the leader Lease failed; retrying");
+                    tokio::time::sleep(STANDBY_POLL).await;
+                }
+            },
+            Err(error) => {
+                tracing::warn!(%error, "reading the leader Lease failed; retrying");
+                tokio::time::sleep(STANDBY_POLL).await;
+            }
+        }
+    };
     tracing::info!(identity = options.identity, "acquired leadership");
-    Ok(Leadership { state, task })
+    let manager = Arc::new(manager);
+    let (report, held) = watch::channel(true);
+    let renewal = tokio::spawn(renew(
+        manager.clone(),
+        report,
+        Duration::from_secs(
+            options
+                .duration_seconds
+                .saturating_sub(options.grace_seconds),
+        ),
+    ));
+    Ok(Leadership {
+        manager,
+        held,
+        renewal,
+    })
+}
+
+/// Keeps renewing the lease; reports `false` once it is lost, or once renewals have failed for
+/// longer than `tolerated_failure` (after that another replica may already lead).
+async fn renew(
+    manager: Arc<LeaseManager>,
+    report: watch::Sender<bool>,
+    tolerated_failure: Duration,
+) {
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        match tokio::time::timeout(tolerated_failure.max(STANDBY_POLL), manager.changed()).await {
+            // Still renewing quietly.
+            Err(_) => failing_since = None,
+            Ok(Ok(true)) => failing_since = None,
+            Ok(Ok(false)) => break,
+            Ok(Err(error)) => {
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= tolerated_failure {
+                    tracing::error!(%error, "could not renew the leader Lease in time");
+                    break;
+                }
+                tracing::warn!(%error, "renewing the leader Lease failed; retrying");
+                tokio::time::sleep(STANDBY_POLL).await;
+            }
+        }
+    }
+    let _ = report.send(false);
 }
 
 impl Leadership {
-    /// Resolves when leadership is lost (the lease could not be renewed in time).
+    /// Resolves when leadership is lost.
     pub async fn lost(&mut self) {
-        let _ = self.state.wait_for(|leader| !*leader).await;
+        let _ = self.held.wait_for(|held| !*held).await;
     }
 
     /// Gives the lease up so a standby replica takes over at once instead of after expiry.
     pub async fn release(self) {
-        drop(self.state);
-        match self.task.await {
-            Ok(Ok(_)) => tracing::info!("released the leader lease"),
-            Ok(Err(error)) => tracing::warn!(%error, "could not release the leader lease"),
-            Err(error) => tracing::warn!(%error, "the lease task failed"),
+        self.renewal.abort();
+        let _ = self.renewal.await;
+        match self.manager.release().await {
+            Ok(()) => tracing::info!("released the leader lease"),
+            Err(error) => tracing::warn!(%error, "could not release the leader lease"),
         }
     }
 }

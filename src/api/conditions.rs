@@ -12,8 +12,6 @@ pub const REAUTHORIZATION_REQUIRED: &str = "ReauthorizationRequired";
 pub mod reason {
     /// A valid access token is published.
     pub const TOKEN_VALID: &str = "TokenValid";
-    /// No token has been obtained yet.
-    pub const PENDING: &str = "Pending";
     /// The provider answered `invalid_grant`: the refresh token is dead.
     pub const INVALID_GRANT: &str = "InvalidGrant";
     /// The provider rejected the client (`invalid_client` / `unauthorized_client`).
