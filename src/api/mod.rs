@@ -41,8 +41,8 @@ pub const DEFAULT_REFRESH_TOKEN_KEY: &str = "refresh_token";
     doc = "OAuthToken keeps an OAuth 2.0 access token fresh in a Secret that pods can mount.",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
-    printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".status.expiresAt"}"#,
-    printcolumn = r#"{"name":"Next Refresh","type":"date","jsonPath":".status.nextRefreshAt"}"#,
+    printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expiresAt"}"#,
+    printcolumn = r#"{"name":"Next Refresh","type":"string","jsonPath":".status.nextRefreshAt"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]

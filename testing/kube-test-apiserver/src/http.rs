@@ -23,6 +23,7 @@ use crate::kinds;
 use crate::registry::ResourceType;
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::store::{Mutation, Store, Target};
+use crate::table::{self, Repr};
 
 pub(crate) struct App {
     pub store: Mutex<Store>,
@@ -248,7 +249,7 @@ fn dispatch(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let meta_only = accept.contains("as=PartialObjectMetadata");
+    let repr = table::negotiate(accept, &params)?;
     let manager = params.get("fieldManager").cloned().unwrap_or_else(|| {
         let ua = headers
             .get(header::USER_AGENT)
@@ -270,7 +271,7 @@ fn dispatch(
         dry_run,
         strict: params.get("fieldValidation").is_some_and(|v| v == "Strict"),
     };
-    let render = |v: &Value| render(&route.rt, &route.version, v, meta_only);
+    let render = |v: &Value| render(&route.rt, &route.version, v, &repr);
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -303,10 +304,10 @@ fn dispatch(
                     route.version.clone(),
                     route.namespace.clone(),
                     &params,
-                    meta_only,
+                    repr,
                 );
             }
-            ok(list(app, &route, &params, meta_only)?)
+            ok(list(app, &route, &params, &repr)?)
         }
         (Method::GET, false) => {
             let store = app.store.lock().expect("store");
@@ -408,7 +409,7 @@ fn dispatch(
             } else {
                 parse_body(&body)?
             };
-            let items = {
+            let (gone, rv) = {
                 let mut store = app.store.lock().expect("store");
                 let selected = select(&store, &route, &params)?;
                 let mut gone = Vec::new();
@@ -419,16 +420,32 @@ fn dispatch(
                         ..target_clone(&target)
                     };
                     if let Ok(v) = store.delete(&t, &opts) {
-                        gone.push(render(&v));
+                        gone.push(v);
                     }
                 }
-                gone
+                (gone, store.current_rv())
             };
+            let meta = json!({"resourceVersion": rv.to_string()});
+            if let Repr::Table(opts) = &repr {
+                let rows = gone
+                    .iter()
+                    .filter(|v| !v.is_null())
+                    .map(|v| table::row(&route.rt, &route.version, v, opts))
+                    .collect();
+                return ok(table::table(
+                    &route.rt,
+                    &route.version,
+                    opts,
+                    meta,
+                    rows,
+                    true,
+                ));
+            }
             ok(json!({
                 "kind": route.rt.list_kind,
                 "apiVersion": route.rt.api_version(&route.version),
-                "metadata": {"resourceVersion": app.store.lock().expect("store").current_rv().to_string()},
-                "items": items,
+                "metadata": meta,
+                "items": gone.iter().map(render).collect::<Vec<_>>(),
             }))
         }
         _ => Err(ApiError::method_not_allowed(
@@ -468,15 +485,19 @@ fn strip_directives(mut v: Value) -> Value {
     v
 }
 
-/// The served representation (`meta_only`: PartialObjectMetadata).
-pub(crate) fn render(rt: &ResourceType, version: &str, obj: &Value, meta_only: bool) -> Value {
-    if meta_only {
-        return json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": obj["metadata"]});
-    }
+/// The served representation of one stored object (`null`: a success `Status`,
+/// which no representation transforms).
+pub(crate) fn render(rt: &ResourceType, version: &str, obj: &Value, repr: &Repr) -> Value {
     if obj.is_null() {
         return json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"});
     }
-    kinds::to_served(rt, version, obj)
+    match repr {
+        Repr::Metadata => {
+            json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": obj["metadata"]})
+        }
+        Repr::Table(opts) => table::single(rt, version, obj, opts, true),
+        Repr::Object => kinds::to_served(rt, version, obj),
+    }
 }
 
 pub(crate) struct Selectors {
@@ -525,7 +546,7 @@ fn select(store: &Store, route: &Route, params: &Params) -> ApiResult<Vec<(Strin
         .collect())
 }
 
-fn list(app: &App, route: &Route, params: &Params, meta_only: bool) -> ApiResult<Value> {
+fn list(app: &App, route: &Route, params: &Params, repr: &Repr) -> ApiResult<Value> {
     let sel = Selectors::from_params(&route.rt, params)?;
     let store = app.store.lock().expect("store");
     let (list_rv, start_after) = match params.get("continue").filter(|c| !c.is_empty()) {
@@ -571,10 +592,10 @@ fn list(app: &App, route: &Route, params: &Params, meta_only: bool) -> ApiResult
         }
         if items.len() < limit {
             last_key = key;
-            items.push(if meta_only {
-                render(&route.rt, &route.version, o, true)
-            } else {
-                served
+            items.push(match repr {
+                Repr::Object => served,
+                Repr::Metadata => render(&route.rt, &route.version, o, repr),
+                Repr::Table(opts) => table::row(&route.rt, &route.version, o, opts),
             });
         } else {
             remaining += 1;
@@ -589,16 +610,25 @@ fn list(app: &App, route: &Route, params: &Params, meta_only: bool) -> ApiResult
             meta["remainingItemCount"] = json!(remaining);
         }
     }
-    let (kind, api_version) = if meta_only {
-        (
+    let (kind, api_version) = match repr {
+        Repr::Table(opts) => {
+            return Ok(table::table(
+                &route.rt,
+                &route.version,
+                opts,
+                meta,
+                items,
+                true,
+            ));
+        }
+        Repr::Metadata => (
             "PartialObjectMetadataList".to_string(),
             "meta.k8s.io/v1".to_string(),
-        )
-    } else {
-        (
+        ),
+        Repr::Object => (
             route.rt.list_kind.clone(),
             route.rt.api_version(&route.version),
-        )
+        ),
     };
     Ok(json!({"kind": kind, "apiVersion": api_version, "metadata": meta, "items": items}))
 }

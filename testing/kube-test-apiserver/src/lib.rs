@@ -37,6 +37,22 @@
 //!   create (`generateName`), update, patch (merge, strategic, JSON patch, apply),
 //!   delete (preconditions, finalizers, propagationPolicy Orphan), deletecollection.
 //!   `dryRun=All` is honoured. `Accept: ...;as=PartialObjectMetadata` is honoured.
+//! * Server-side `Table` output (what `kubectl get` asks for): the first servable
+//!   alternative of `Accept` wins, and `application/json;as=Table;g=meta.k8s.io;v=v1`
+//!   (or `v1beta1`) turns get, list (with `limit`/`continue`), watch and write
+//!   responses into a `meta.k8s.io` `Table` with `columnDefinitions` and `rows`
+//!   (`cells` plus `object`: `PartialObjectMetadata` for `includeObject=Metadata`,
+//!   the default; the object for `Object`; none for `None`). Custom resources get
+//!   `Name` and the version's `additionalPrinterColumns` (or `Age` when it has
+//!   none), evaluated with a JSONPath subset (`.a.b`, `['a.b']`, `[0]`, `[-1]`,
+//!   `[1:3]`, `[*]`, `..a`, unions, filters such as
+//!   `[?(@.type=="Ready")]` with `==`/`!=`/`<`/`>`/`<=`/`>=`); like the real
+//!   apiserver, a missing value is a `null` cell and a `date` cell is an age such
+//!   as `5m`, which is `<invalid>` for times more than a second in the future.
+//!   Built-in kinds get the real printers' columns (Namespace, Secret, ConfigMap,
+//!   ServiceAccount, Event, Lease; CRDs `Name`/`Created At`). In a watch, every
+//!   event carries a one-row `Table` and only the first one has column definitions.
+//!   An `Accept` with only unservable `as=` alternatives is a 406.
 //! * `/healthz`, `/readyz`, `/livez`, and the test endpoints `POST /_test/faults`
 //!   ([`FaultSpec`] JSON), `POST /_test/drop-watches`, `GET /_test/requests`,
 //!   `POST /_test/clear`.
@@ -46,8 +62,8 @@
 //!   nothing is ever `403 Forbidden` except creating in a terminating namespace.
 //! * **JSON responses only**: protobuf request bodies are understood only for
 //!   Namespace, Secret, ConfigMap, ServiceAccount and Lease (what `kubectl create ...`
-//!   sends); no CBOR, no `Table` output (`kubectl get` falls back
-//!   to client-side printing). `/openapi/v3` exists but only lists PATCH operations
+//!   sends); no CBOR; every response body is JSON, whatever media type the
+//!   `Accept` header prefers. `/openapi/v3` exists but only lists PATCH operations
 //!   with their GVK and a `fieldValidation` parameter (no schemas), which is what
 //!   kubectl needs to skip client-side validation; `/openapi/v2` is 404.
 //!   `fieldValidation=Strict` (kubectl's default) turns unknown fields of custom
@@ -70,6 +86,10 @@
 //!   changes them replaces the ownership record (kubectl's SSA migration does that). For Secrets, `stringData`
 //!   in an applied configuration is converted to `data` before field tracking.
 //!   `null` in an applied configuration removes the field.
+//! * **Table output**: the JSONPath evaluator is a subset of client-go's (no `range`,
+//!   functions or regular expressions; a path that does not parse gives `null`
+//!   cells), CRD `additionalPrinterColumns` are only checked for `name`, `type`,
+//!   `format` and a `jsonPath` starting with `.`, and rows never carry `conditions`.
 //! * **Strategic merge patch is a JSON merge patch** (RFC 7386): lists are replaced,
 //!   `$patch`/`$retainKeys`/`$setElementOrder` directives are dropped.
 //! * **Lists** (`continue`) are not snapshots: a continuation returns the current
@@ -114,6 +134,7 @@ mod discovery;
 mod errors;
 mod faults;
 mod http;
+mod jsonpath;
 mod kinds;
 mod proto;
 mod registry;
@@ -121,6 +142,7 @@ mod schema;
 mod selectors;
 mod ssa;
 mod store;
+mod table;
 mod watch;
 
 use std::io;

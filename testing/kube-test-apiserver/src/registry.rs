@@ -31,6 +31,9 @@ pub struct ResourceType {
     pub schemas: Option<BTreeMap<String, Value>>,
     /// Objects are stored under this (group, plural) (events.k8s.io shares core events).
     pub storage_group: String,
+    /// Custom resources: `additionalPrinterColumns` per version (absent or empty =
+    /// the default `Age` column), used for `Table` output.
+    pub printer_columns: BTreeMap<String, Vec<Value>>,
 }
 
 impl ResourceType {
@@ -142,6 +145,7 @@ impl Registry {
                 field_labels: b.field_labels.iter().map(|s| s.to_string()).collect(),
                 schemas: None,
                 storage_group: b.storage_group.into(),
+                printer_columns: BTreeMap::new(),
             });
         }
         r
@@ -268,9 +272,25 @@ pub fn from_crd(crd: &Value) -> Result<ResourceType, Vec<(String, String)>> {
     let mut versions = Vec::new();
     let mut storage = String::new();
     let mut schemas = BTreeMap::new();
+    let mut printer_columns = BTreeMap::new();
     let mut status = false;
-    for v in spec["versions"].as_array().cloned().unwrap_or_default() {
+    for (i, v) in spec["versions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
         let vn = s(&v["name"]);
+        let columns = v["additionalPrinterColumns"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for (j, col) in columns.iter().enumerate() {
+            let path = format!("spec.versions[{i}].additionalPrinterColumns[{j}]");
+            errs.extend(validate_printer_column(col, &path));
+        }
+        printer_columns.insert(vn.clone(), columns);
         if v["storage"].as_bool() == Some(true) {
             if !storage.is_empty() {
                 errs.push((
@@ -329,7 +349,68 @@ pub fn from_crd(crd: &Value) -> Result<ResourceType, Vec<(String, String)>> {
         generation: true,
         field_labels: vec![],
         schemas: Some(schemas),
+        printer_columns,
     })
+}
+
+/// `ValidateCustomResourceColumnDefinition` of the real apiserver.
+fn validate_printer_column(col: &Value, path: &str) -> Vec<(String, String)> {
+    const TYPES: &[&str] = &["boolean", "date", "integer", "number", "string"];
+    const FORMATS: &[&str] = &[
+        "byte",
+        "date",
+        "date-time",
+        "double",
+        "float",
+        "int32",
+        "int64",
+        "password",
+    ];
+    let quoted = |l: &[&str]| {
+        l.iter()
+            .map(|t| format!("\"{t}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let s = |k: &str| col[k].as_str().unwrap_or_default();
+    let mut errs = Vec::new();
+    if s("name").is_empty() {
+        errs.push((format!("{path}.name"), "Required value".into()));
+    }
+    match s("type") {
+        "" => errs.push((
+            format!("{path}.type"),
+            format!("Required value: must be one of {}", TYPES.join(",")),
+        )),
+        t if !TYPES.contains(&t) => errs.push((
+            format!("{path}.type"),
+            format!(
+                "Unsupported value: \"{t}\": supported values: {}",
+                quoted(TYPES)
+            ),
+        )),
+        _ => {}
+    }
+    let format = s("format");
+    if !format.is_empty() && !FORMATS.contains(&format) {
+        errs.push((
+            format!("{path}.format"),
+            format!(
+                "Unsupported value: \"{format}\": supported values: {}",
+                quoted(FORMATS)
+            ),
+        ));
+    }
+    let json_path = s("jsonPath");
+    if json_path.is_empty() {
+        errs.push((format!("{path}.jsonPath"), "Required value".into()));
+    } else if !json_path.starts_with('.') {
+        errs.push((
+            format!("{path}.jsonPath"),
+            format!("Invalid value: \"{json_path}\": must be a simple json path starting with ."),
+        ));
+    }
+    errs
 }
 
 #[cfg(test)]

@@ -1,5 +1,8 @@
 //! Watch streams: newline-delimited JSON watch events over a chunked response.
+//! With `Accept: ...;as=Table`, every event's object is a one-row `Table` and only
+//! the first one carries the column definitions (like the real apiserver).
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +17,7 @@ use crate::http::{App, Params, Selectors, render};
 use crate::kinds;
 use crate::registry::ResourceType;
 use crate::store::Change;
+use crate::table::{self, Repr};
 
 type Chunk = Result<Bytes, std::io::Error>;
 
@@ -22,7 +26,9 @@ struct Watcher {
     version: String,
     namespace: Option<String>,
     selectors: Selectors,
-    meta_only: bool,
+    repr: Repr,
+    /// Table output: the column definitions were sent already.
+    headers_sent: Cell<bool>,
 }
 
 impl Watcher {
@@ -34,26 +40,36 @@ impl Watcher {
     }
 
     fn bookmark(&self, rv: u64, initial_end: bool) -> Bytes {
-        let (api_version, kind) = if self.meta_only {
-            (
-                "meta.k8s.io/v1".to_string(),
-                "PartialObjectMetadata".to_string(),
-            )
-        } else {
-            (self.rt.api_version(&self.version), self.rt.kind.clone())
-        };
         let mut meta = json!({"resourceVersion": rv.to_string()});
         if initial_end {
             meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
-        self.line(
-            "BOOKMARK",
-            json!({"apiVersion": api_version, "kind": kind, "metadata": meta}),
-        )
+        let object = json!({
+            "apiVersion": self.rt.api_version(&self.version),
+            "kind": self.rt.kind,
+            "metadata": meta,
+        });
+        let object = match self.repr {
+            // the apiserver converts bookmark objects like any other
+            Repr::Table(_) => self.render(&object),
+            Repr::Metadata => json!({
+                "apiVersion": "meta.k8s.io/v1",
+                "kind": "PartialObjectMetadata",
+                "metadata": object["metadata"],
+            }),
+            Repr::Object => object,
+        };
+        self.line("BOOKMARK", object)
     }
 
     fn render(&self, obj: &Value) -> Value {
-        render(&self.rt, &self.version, obj, self.meta_only)
+        match &self.repr {
+            Repr::Table(opts) => {
+                let headers = !self.headers_sent.replace(true);
+                table::single(&self.rt, &self.version, obj, opts, headers)
+            }
+            repr => render(&self.rt, &self.version, obj, repr),
+        }
     }
 
     fn selects(&self, stored: &Value) -> bool {
@@ -98,7 +114,7 @@ pub(crate) fn watch(
     version: String,
     namespace: Option<String>,
     params: &Params,
-    meta_only: bool,
+    repr: Repr,
 ) -> ApiResult<Response> {
     let selectors = Selectors::from_params(&rt, params)?;
     let w = Watcher {
@@ -106,7 +122,8 @@ pub(crate) fn watch(
         version,
         namespace,
         selectors,
-        meta_only,
+        repr,
+        headers_sent: Cell::new(false),
     };
     let bookmarks = flag(params, "allowWatchBookmarks");
     let send_initial = flag(params, "sendInitialEvents");

@@ -4,6 +4,7 @@ mod crud;
 mod extras;
 mod lifecycle;
 mod ssa_status;
+mod table;
 mod watch;
 
 use std::time::Duration;
