@@ -30,7 +30,9 @@ enum Command {
     Crd,
 }
 
+/// A flag given twice keeps its last value, so `extraArgs` in the chart can override defaults.
 #[derive(clap::Args)]
+#[command(args_override_self = true)]
 struct RunArgs {
     /// Allow http:// token endpoints. Credentials then travel in clear text: for local tests only.
     #[arg(long, env = "OAUTH_TOKEN_OPERATOR_ALLOW_INSECURE_HTTP")]

@@ -1,0 +1,136 @@
+"""Replays the Dockerfile's `build` stage without a Docker engine, and checks the runtime stage.
+
+The build stage's COPY steps copy from the repository into a staging directory (standing in for
+WORKDIR), and its RUN steps run there with `sh -c`, exactly as written. The staging directory's
+`target` is a symlink to the repository's target/, so dependencies compiled once are reused.
+Any instruction this replay does not understand fails it, so the replay cannot silently drift
+from what `docker build` does.
+
+Usage: dockerfile_replay.py DOCKERFILE STAGING_DIR
+Prints the binary's path (inside STAGING_DIR) as the last line.
+"""
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+
+BINARY = "/oauth-token-operator"
+
+
+def instructions(path):
+    """(line number, INSTRUCTION, arguments) with continuation lines joined."""
+    out, buffer, start = [], "", 0
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            stripped = line.strip()
+            if not buffer and (not stripped or stripped.startswith("#")):
+                continue
+            if buffer and stripped.startswith("#"):
+                continue  # comment lines inside a continued instruction are dropped by Docker
+            if not buffer:
+                start = number
+            if stripped.endswith("\\"):
+                buffer += stripped[:-1] + " "
+                continue
+            buffer += stripped
+            keyword, _, rest = buffer.partition(" ")
+            out.append((start, keyword.upper(), rest.strip()))
+            buffer = ""
+    return out
+
+
+def fail(message):
+    print(f"dockerfile replay: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def main():
+    dockerfile, staging = sys.argv[1], os.path.abspath(sys.argv[2])
+    repo = os.path.dirname(os.path.abspath(dockerfile))
+    if os.path.exists(staging):
+        shutil.rmtree(staging)
+    os.makedirs(staging)
+    # Docker builds into WORKDIR/target; here that is a link to the shared target directory.
+    shared_target = os.path.abspath(os.environ.get("CARGO_TARGET_DIR") or os.path.join(repo, "target"))
+    os.symlink(shared_target, os.path.join(staging, "target"))
+    env = {k: v for k, v in os.environ.items() if k != "CARGO_TARGET_DIR"}
+
+    stages = []  # (name, base image, [(line, keyword, args)])
+    for line, keyword, args in instructions(dockerfile):
+        if keyword == "FROM":
+            words = args.split()
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            stages.append((name, words[0], []))
+        elif stages:
+            stages[-1][2].append((line, keyword, args))
+    if [s[0] for s in stages] != ["build", None]:
+        fail(f"expected a `build` stage and an unnamed runtime stage, got {[s[0] for s in stages]}")
+    (_, build_image, build), (_, runtime_image, runtime) = stages
+
+    workdir = None
+    for line, keyword, args in build:
+        if keyword == "WORKDIR":
+            workdir = args
+        elif keyword == "COPY":
+            words = shlex.split(args)
+            if any(w.startswith("--") for w in words):
+                fail(f"line {line}: COPY options are not replayed: {args}")
+            *sources, dest = words
+            target_dir = os.path.join(staging, dest)
+            for source in sources:
+                origin = os.path.join(repo, source)
+                if not os.path.exists(origin):
+                    fail(f"line {line}: {source} does not exist")
+                if len(sources) > 1 or dest.endswith("/"):
+                    os.makedirs(target_dir, exist_ok=True)
+                    destination = os.path.join(target_dir, os.path.basename(source.rstrip("/")))
+                else:
+                    destination = target_dir
+                    os.makedirs(os.path.dirname(destination), exist_ok=True)
+                if os.path.isdir(origin):
+                    shutil.copytree(origin, destination, dirs_exist_ok=True)
+                else:
+                    shutil.copy2(origin, destination)
+        elif keyword == "RUN":
+            if args.startswith("["):
+                fail(f"line {line}: exec-form RUN is not replayed")
+            print(f"--- Dockerfile line {line}: RUN {args}", file=sys.stderr, flush=True)
+            result = subprocess.run(["sh", "-c", args], cwd=staging, env=env)
+            if result.returncode != 0:
+                fail(f"line {line}: RUN failed with exit code {result.returncode}")
+        else:
+            fail(f"line {line}: {keyword} in the build stage is not replayed")
+    if workdir != "/src":
+        fail(f"the build stage's WORKDIR must be /src, is {workdir}")
+
+    # The runtime stage: the binary from the build stage, unprivileged, `run` by default.
+    copies = [a for _, k, a in runtime if k == "COPY"]
+    if len(copies) != 1:
+        fail(f"the runtime stage must copy exactly the binary, copies {copies}")
+    words = shlex.split(copies[0])
+    if len(words) != 3 or words[0] != "--from=build" or words[2] != BINARY:
+        fail(f"the runtime stage must `COPY --from=build /src/<binary> {BINARY}`, has {copies[0]}")
+    if not words[1].startswith(workdir + "/"):
+        fail(f"the runtime stage copies {words[1]}, outside the build WORKDIR {workdir}")
+    binary = os.path.join(staging, words[1][len(workdir) + 1:])
+    if not os.path.isfile(binary):
+        fail(f"the runtime stage copies {words[1]}, which the build stage did not produce")
+    settings = {k: a for _, k, a in runtime if k in ("USER", "ENTRYPOINT", "CMD")}
+    expected = {"USER": "65532:65532", "ENTRYPOINT": [BINARY], "CMD": ["run"]}
+    for key, value in expected.items():
+        got = settings.get(key)
+        if key != "USER":
+            got = json.loads(got) if got else None
+        if got != value:
+            fail(f"runtime stage {key} is {got!r}, expected {value!r}")
+    if "/distroless/static" not in runtime_image or ":" not in runtime_image.rsplit("/", 1)[1]:
+        fail(f"the runtime image must be distroless/static pinned by tag, is {runtime_image}")
+    print(f"build image {build_image}, runtime image {runtime_image}", file=sys.stderr)
+    print(binary)
+
+
+if __name__ == "__main__":
+    main()
