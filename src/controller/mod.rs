@@ -184,6 +184,10 @@ pub async fn run(
     shutdown: CancellationToken,
     ready: Arc<AtomicBool>,
 ) {
+    let mut namespaces = namespaces;
+    // A namespace listed twice would get two controllers, and so two refreshes of one token.
+    namespaces.sort_unstable();
+    namespaces.dedup();
     let scopes: Vec<Option<String>> = if namespaces.is_empty() {
         vec![None]
     } else {
