@@ -2,6 +2,7 @@
 //! namespace and name: never a token, an error message or a URL.
 
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -9,6 +10,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::oauth::{FailureKind, Issued, OAuthError};
 
 /// Outcome of one token request, as counted.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -114,13 +117,32 @@ impl Metrics {
         text
     }
 
-    pub fn count_attempt(&self, result: RefreshResult) {
+    /// Counts one token request: its outcome, latency and HTTP status class.
+    pub fn observe_request(&self, result: &Result<Issued, OAuthError>, elapsed: Duration) {
+        self.refresh_duration.observe(elapsed.as_secs_f64());
+        let (outcome, status) = match result {
+            Ok(issued) => (RefreshResult::success, Some(issued.status)),
+            Err(error) => (
+                match error.kind() {
+                    FailureKind::ReauthorizationRequired => RefreshResult::reauthorization_required,
+                    FailureKind::InvalidClient => RefreshResult::invalid_client,
+                    FailureKind::Configuration => RefreshResult::configuration_error,
+                    FailureKind::Transient => RefreshResult::transient_error,
+                },
+                error.http_status(),
+            ),
+        };
+        self.count_attempt(outcome);
+        self.count_response(status);
+    }
+
+    fn count_attempt(&self, result: RefreshResult) {
         self.refresh_attempts
             .get_or_create(&ResultLabels { result })
             .inc();
     }
 
-    pub fn count_response(&self, status: Option<u16>) {
+    fn count_response(&self, status: Option<u16>) {
         let status_class = match status {
             Some(200..=299) => "2xx",
             Some(300..=399) => "3xx",

@@ -18,7 +18,6 @@ use super::state::{AccessToken, TokenState, fingerprint};
 use super::status::{self, Outcome};
 use super::{Context, Error};
 use crate::api::{OAuthToken, OAuthTokenStatus, conditions};
-use crate::metrics::RefreshResult;
 use crate::oauth::{ClientCredentials, FailureKind, GrantRequest, OAuthError, TokenRequest, jwt};
 use crate::schedule::{self, Decision, FailureClass, Observed, RefreshReason};
 
@@ -142,11 +141,10 @@ impl Run<'_> {
 
         // A token obtained earlier whose write failed is the newest link of the chain: write it
         // before anything else, and never present the older refresh token again.
-        let key = self.ctx.key(self.token);
-        if let Some(parked) = self.ctx.take_parked(&key) {
+        if let Some(parked) = self.ctx.take_parked(&self.ctx.key(self.token)) {
             info!("writing a token state whose earlier write failed");
             state = parked;
-            state_secret = Some(self.write_state(state_secret, &state, &key).await?);
+            state_secret = Some(self.write_state(state_secret, &state).await?);
         }
 
         let client = match self.client_credentials(&settings).await? {
@@ -169,7 +167,7 @@ impl Run<'_> {
                         info!(secret = import.secret, "importing a new refresh token");
                         state.refresh_token = Some(SecretString::from(value));
                         state.imported_fingerprint = Some(offered_fingerprint);
-                        state_secret = Some(self.write_state(state_secret, &state, &key).await?);
+                        state_secret = Some(self.write_state(state_secret, &state).await?);
                         imported = true;
                     }
                 }
@@ -252,23 +250,7 @@ impl Run<'_> {
         let started = std::time::Instant::now();
         let result = self.ctx.tokens.request(&request).await;
         let elapsed = started.elapsed();
-        self.ctx
-            .metrics
-            .refresh_duration
-            .observe(elapsed.as_secs_f64());
-        self.ctx.metrics.count_response(match &result {
-            Ok(issued) => Some(issued.status),
-            Err(error) => error.http_status(),
-        });
-        self.ctx.metrics.count_attempt(match &result {
-            Ok(_) => RefreshResult::success,
-            Err(error) => match error.kind() {
-                FailureKind::ReauthorizationRequired => RefreshResult::reauthorization_required,
-                FailureKind::InvalidClient => RefreshResult::invalid_client,
-                FailureKind::Configuration => RefreshResult::configuration_error,
-                FailureKind::Transient => RefreshResult::transient_error,
-            },
-        });
+        self.ctx.metrics.observe_request(&result, elapsed);
         match result {
             Ok(issued) => {
                 let response = issued.response;
@@ -307,8 +289,7 @@ impl Run<'_> {
                     latency_ms = elapsed.as_millis() as u64,
                     "token issued"
                 );
-                let key = self.ctx.key(self.token);
-                self.write_state(state_secret, &next, &key).await?;
+                self.write_state(state_secret, &next).await?;
                 self.publish(settings, target.as_ref(), &next).await?;
                 Ok(Outcome::Issued {
                     state: next,
@@ -352,7 +333,6 @@ impl Run<'_> {
         &self,
         current: Option<Secret>,
         state: &TokenState,
-        key: &super::ObjectKey,
     ) -> Result<Secret, Error> {
         match secrets::write_state(self.secrets, self.token, current, state).await {
             Ok(written) => {
@@ -363,7 +343,7 @@ impl Run<'_> {
                 Ok(written)
             }
             Err(error) => {
-                self.ctx.park(key.clone(), state.clone());
+                self.ctx.park(self.ctx.key(self.token), state.clone());
                 Err(Error::PersistState(error))
             }
         }
