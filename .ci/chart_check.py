@@ -5,11 +5,14 @@
    for the oldest supported, the compiled-against and the newest Kubernetes version.
    The ServiceMonitor (a Prometheus Operator CRD, no bundled schema) gets structural checks.
 2. Every OAuthToken in examples/ validates against the CRD's openAPIV3Schema (jsonschema).
-3. Policy: RBAC is exactly the allowed set, in the allowed scope; the pod meets the "restricted"
-   Pod Security Standard; the command line uses only the operator's flags.
+3. Policy: RBAC is exactly the allowed set, in the allowed scope; the ClusterRoles aggregated
+   into the built-in admin/edit/view roles (rbac.aggregateClusterRoles) grant exactly OAuthToken
+   access, carry exactly their aggregation labels and are bound to nobody; the pod meets the
+   "restricted" Pod Security Standard; the command line uses only the operator's flags.
 
 Usage: chart_check.py --release-namespace NS --default FILE --namespaced FILE
-                      --namespaced-values FILE --crd FILE --examples DIR
+                      --namespaced-values FILE --namespaced-unaggregated FILE
+                      --crd FILE --examples DIR
 Exits non-zero on the first category of failure, after printing every failure found.
 """
 
@@ -47,6 +50,29 @@ WATCH_RULES = {
 }
 LEASE_RULES = {
     ("coordination.k8s.io", "leases"): {"get", "create", "update", "patch"},
+}
+
+# The ClusterRoles aggregated into the built-in user-facing roles (rbac.aggregateClusterRoles),
+# by name suffix (after the release's full name): their rules and their aggregation labels.
+# Editing an OAuthToken is as strong as reading the namespace's Secrets, so read-write goes only
+# to admin and edit (which read Secrets already); view gets read-only.
+AGGREGATE_PREFIX = "rbac.authorization.k8s.io/aggregate-to-"
+AGGREGATED_ROLES = {
+    "edit": (
+        {
+            ("oauth-token-operator.io", "oauthtokens"): {
+                "get", "list", "watch", "create", "update", "patch", "delete", "deletecollection",
+            },
+        },
+        {"admin", "edit"},
+    ),
+    "view": (
+        {
+            ("oauth-token-operator.io", "oauthtokens"): {"get", "list", "watch"},
+            ("oauth-token-operator.io", "oauthtokens/status"): {"get", "list", "watch"},
+        },
+        {"admin", "edit", "view"},
+    ),
 }
 
 # The operator's `run` command line (flags that take a value, and switches).
@@ -162,13 +188,60 @@ def expect_grants(role, allowed, origin):
     return grants
 
 
-def check_rbac(docs, release_ns, watch_namespaces, sa_name, origin):
+def aggregated_to(role):
+    """The built-in roles a role's aggregation labels name, e.g. {"admin", "edit"} (whatever the
+    label values; check_rbac requires "true")."""
+    labels = role["metadata"].get("labels") or {}
+    return {k[len(AGGREGATE_PREFIX):] for k in labels if k.startswith(AGGREGATE_PREFIX)}
+
+
+def role_label(role):
+    """Role name for the RBAC table, with the built-in roles it is aggregated into."""
+    into = aggregated_to(role)
+    return name_of(role) + (f" (into {', '.join(sorted(into))})" if into else "")
+
+
+def check_aggregated(cluster_roles, fullname, enabled, origin):
+    """The aggregated ClusterRoles: present exactly when enabled, each with exactly its rules and
+    aggregation labels. Returns them and their table rows."""
+    found, table = [], []
+    for suffix, (rules, into) in sorted(AGGREGATED_ROLES.items()):
+        name = f"{fullname}-{suffix}"
+        role = cluster_roles.get(name)
+        if not enabled:
+            if role is not None:
+                fail(f"{origin}: {name_of(role)} rendered with rbac.aggregateClusterRoles false")
+            continue
+        if role is None:
+            fail(f"{origin}: no aggregated ClusterRole {name} (rbac.aggregateClusterRoles is on)")
+            continue
+        found.append(role)
+        if aggregated_to(role) != into:
+            fail(f"{origin}: {name_of(role)} is aggregated into {sorted(aggregated_to(role))}, "
+                 f"expected {sorted(into)}")
+        for row in sorted(expect_grants(role, rules, origin)):
+            table.append((role_label(role),) + row)
+    return found, table
+
+
+def check_rbac(docs, release_ns, watch_namespaces, sa_name, fullname, aggregate, origin):
     by_kind = defaultdict(list)
     for d in docs:
         by_kind[d["kind"]].append(d)
     roles = {(r["metadata"].get("namespace"), r["metadata"]["name"]): r for r in by_kind["Role"]}
     cluster_roles = {r["metadata"]["name"]: r for r in by_kind["ClusterRole"]}
-    table = []
+
+    for role in by_kind["Role"] + by_kind["ClusterRole"]:
+        for key, value in (role["metadata"].get("labels") or {}).items():
+            if key.startswith(AGGREGATE_PREFIX) and value != "true":
+                fail(f"{origin}: {name_of(role)} label {key}={value!r}, expected \"true\"")
+
+    # Aggregated ClusterRoles first; everything below is about the operator's own roles.
+    aggregated, table = check_aggregated(cluster_roles, fullname, aggregate, origin)
+    operator_cluster_roles = [r for r in by_kind["ClusterRole"] if r not in aggregated]
+    for role in by_kind["Role"] + operator_cluster_roles:
+        if aggregated_to(role):
+            fail(f"{origin}: {name_of(role)} carries aggregation labels {sorted(aggregated_to(role))}")
 
     lease_roles = [r for r in by_kind["Role"] if any(k[1] == "leases" for k in granted(r))]
     if len(lease_roles) != 1 or lease_roles[0]["metadata"].get("namespace") != release_ns:
@@ -183,17 +256,18 @@ def check_rbac(docs, release_ns, watch_namespaces, sa_name, origin):
 
     watch_roles = [r for r in by_kind["Role"] if r not in lease_roles]
     if watch_namespaces:
-        if by_kind["ClusterRole"] or by_kind["ClusterRoleBinding"]:
-            fail(f"{origin}: watchNamespaces set, but the render has ClusterRoles/Bindings")
+        if operator_cluster_roles or by_kind["ClusterRoleBinding"]:
+            fail(f"{origin}: watchNamespaces set, but the render has ClusterRoles/Bindings for "
+                 f"the operator")
         per_ns = Counter(r["metadata"].get("namespace") for r in watch_roles)
         if per_ns != Counter(watch_namespaces):
             fail(f"{origin}: Roles per namespace {dict(per_ns)}, expected one in each of {watch_namespaces}")
     else:
-        if len(by_kind["ClusterRole"]) != 1 or len(by_kind["ClusterRoleBinding"]) != 1:
-            fail(f"{origin}: expected one ClusterRole and one ClusterRoleBinding")
+        if len(operator_cluster_roles) != 1 or len(by_kind["ClusterRoleBinding"]) != 1:
+            fail(f"{origin}: expected one ClusterRole and one ClusterRoleBinding for the operator")
         if watch_roles:
             fail(f"{origin}: cluster-wide install has extra Roles {[name_of(r) for r in watch_roles]}")
-    for role in watch_roles + by_kind["ClusterRole"]:
+    for role in watch_roles + operator_cluster_roles:
         for row in sorted(expect_grants(role, WATCH_RULES, origin)):
             table.append((name_of(role),) + row)
 
@@ -213,9 +287,15 @@ def check_rbac(docs, release_ns, watch_namespaces, sa_name, origin):
         subjects = binding.get("subjects") or []
         if subjects != [{"kind": "ServiceAccount", "name": sa_name, "namespace": release_ns}]:
             fail(f"{origin}: {name_of(binding)} subjects {subjects}")
-    for role in by_kind["Role"] + by_kind["ClusterRole"]:
+    for role in by_kind["Role"] + operator_cluster_roles:
         if bound[id(role)] != 1:
             fail(f"{origin}: {name_of(role)} is bound {bound[id(role)]} times")
+    # The aggregated roles are for people (through admin/edit/view): the operator's
+    # ServiceAccount, or anyone else, must not be bound to them by the chart.
+    for role in aggregated:
+        if bound[id(role)]:
+            fail(f"{origin}: aggregated {name_of(role)} is bound {bound[id(role)]} times; the "
+                 f"operator's ServiceAccount must not hold it")
     return table
 
 
@@ -365,10 +445,13 @@ def check_render(path, release_ns, values, origin):
         with open(os.path.splitext(path)[0] + ".args.json", "w") as f:
             json.dump(container.get("args") or [], f)
     sa_name = dep["spec"]["template"]["spec"]["serviceAccountName"] if dep else None
+    fullname = dep["metadata"]["name"] if dep else None
     sas = [d for d in docs if d["kind"] == "ServiceAccount"]
     if [s["metadata"]["name"] for s in sas] != [sa_name]:
         fail(f"{origin}: ServiceAccounts {[name_of(s) for s in sas]}, the pod runs as {sa_name}")
-    table = check_rbac(docs, release_ns, values.get("watchNamespaces") or [], sa_name, origin)
+    aggregate = (values.get("rbac") or {}).get("aggregateClusterRoles", True)
+    table = check_rbac(docs, release_ns, values.get("watchNamespaces") or [], sa_name, fullname,
+                       aggregate, origin)
 
     replicas = values.get("replicaCount", 1)
     if (kinds["PodDisruptionBudget"] == 1) != (replicas > 1):
@@ -447,6 +530,8 @@ def main():
     parser.add_argument("--default", required=True)
     parser.add_argument("--namespaced", required=True)
     parser.add_argument("--namespaced-values", required=True)
+    parser.add_argument("--namespaced-unaggregated", required=True,
+                        help="render of --namespaced-values plus rbac.aggregateClusterRoles=false")
     parser.add_argument("--crd", required=True)
     parser.add_argument("--examples", required=True)
     args = parser.parse_args()
@@ -456,9 +541,14 @@ def main():
 
     print(f"kubernetes-validate {kubernetes_validate.__version__}, strict, against Kubernetes "
           + ", ".join(KUBERNETES_VERSIONS))
+    unaggregated_values = dict(namespaced_values)
+    unaggregated_values["rbac"] = {**(namespaced_values.get("rbac") or {}),
+                                   "aggregateClusterRoles": False}
     renders = [
         ("default", args.default, {}),
         ("namespaced", args.namespaced, namespaced_values),
+        ("namespaced, rbac.aggregateClusterRoles=false", args.namespaced_unaggregated,
+         unaggregated_values),
     ]
     tables = {}
     for label, path, values in renders:

@@ -4,10 +4,18 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kube::Client;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::PostParams;
+use kube::{Api, Client};
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::controller::{self, Context};
 
 /// How often a standby replica looks at the Lease. A released lease is noticed within this
 /// time, so a graceful hand-over takes about a second instead of a lease duration.
@@ -69,51 +77,83 @@ pub async fn acquire(
             }
         }
     };
+    // Taken just now: the renewal deadline starts here.
+    let acquired = Instant::now();
     tracing::info!(identity = options.identity, "acquired leadership");
-    let manager = Arc::new(manager);
     let (report, held) = watch::channel(true);
     let renewal = tokio::spawn(renew(
-        manager.clone(),
+        Api::namespaced(client, &options.namespace),
+        options.clone(),
+        acquired,
         report,
-        Duration::from_secs(
-            options
-                .duration_seconds
-                .saturating_sub(options.grace_seconds),
-        ),
     ));
     Ok(Leadership {
-        manager,
+        manager: Arc::new(manager),
         held,
         renewal,
     })
 }
 
-/// Keeps renewing the lease; reports `false` once it is lost, or once renewals have failed for
-/// longer than `tolerated_failure` (after that another replica may already lead).
+/// Renews the Lease every third of the renew deadline, with a resourceVersion precondition.
+/// Reports `false` once another identity holds it, or once the renew deadline (lease duration
+/// minus grace) has passed since the last successful renewal: after the lease duration another
+/// replica may lead, and the grace covers the time a renewal takes.
 async fn renew(
-    manager: Arc<LeaseManager>,
+    leases: Api<Lease>,
+    options: LeaseOptions,
+    acquired: Instant,
     report: watch::Sender<bool>,
-    tolerated_failure: Duration,
 ) {
-    let mut failing_since: Option<Instant> = None;
+    let deadline = Duration::from_secs(
+        options
+            .duration_seconds
+            .saturating_sub(options.grace_seconds)
+            .max(1),
+    );
+    let mut last_success = acquired;
     loop {
-        match tokio::time::timeout(tolerated_failure.max(STANDBY_POLL), manager.changed()).await {
-            // Still renewing quietly.
-            Err(_) => failing_since = None,
-            Ok(Ok(true)) => failing_since = None,
-            Ok(Ok(false)) => break,
-            Ok(Err(error)) => {
-                let since = *failing_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= tolerated_failure {
-                    tracing::error!(%error, "could not renew the leader Lease in time");
-                    break;
-                }
-                tracing::warn!(%error, "renewing the leader Lease failed; retrying");
-                tokio::time::sleep(STANDBY_POLL).await;
+        tokio::time::sleep((deadline / 3).min(STANDBY_POLL * 3)).await;
+        let sent = Instant::now();
+        match renew_once(&leases, &options).await {
+            Ok(true) => last_success = sent,
+            Ok(false) => {
+                tracing::error!("another replica holds the leader Lease now");
+                break;
             }
+            Err(error) => tracing::warn!(%error, "renewing the leader Lease failed; retrying"),
+        }
+        if last_success.elapsed() >= deadline {
+            tracing::error!(
+                since_last_renewal = ?last_success.elapsed(),
+                "could not renew the leader Lease in time"
+            );
+            break;
         }
     }
     let _ = report.send(false);
+}
+
+/// One renewal: `Ok(false)` when the Lease is no longer ours.
+async fn renew_once(leases: &Api<Lease>, options: &LeaseOptions) -> Result<bool, kube::Error> {
+    let mut lease = leases.get(&options.name).await?;
+    let spec = lease.spec.get_or_insert_with(Default::default);
+    if spec.holder_identity.as_deref() != Some(options.identity.as_str()) {
+        return Ok(false);
+    }
+    spec.renew_time = Some(MicroTime(jiff::Timestamp::now()));
+    spec.lease_duration_seconds = i32::try_from(options.duration_seconds).ok();
+    // `replace` carries the resourceVersion just read: a takeover in between is a conflict.
+    match leases
+        .replace(&options.name, &PostParams::default(), &lease)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(response)) if response.code == 409 => {
+            // Changed since the read: look again on the next round.
+            Err(kube::Error::Api(response))
+        }
+        Err(error) => Err(error),
+    }
 }
 
 impl Leadership {
@@ -131,4 +171,57 @@ impl Leadership {
             Err(error) => tracing::warn!(%error, "could not release the leader lease"),
         }
     }
+}
+
+/// Stands by until this replica holds the lease, then runs the controller until shutdown or
+/// until the lease is lost. Either way no new refresh starts from then on, in-flight ones
+/// finish within `grace`, and every token state kept in memory is written before the Lease is
+/// released: a chain's newest refresh token never dies with the process.
+pub async fn run_as_leader(
+    client: Client,
+    lease: LeaseOptions,
+    context: Arc<Context>,
+    namespaces: Vec<String>,
+    shutdown: CancellationToken,
+    grace: Duration,
+    ready: Arc<AtomicBool>,
+) -> bool {
+    // A standby replica is healthy and ready: it has nothing to sync until it leads.
+    ready.store(true, Ordering::Release);
+    let mut leadership = tokio::select! {
+        acquired = acquire(client, &lease) => match acquired {
+            Ok(leadership) => leadership,
+            Err(error) => {
+                tracing::error!(%error, "leader election failed");
+                return false;
+            }
+        },
+        _ = shutdown.cancelled() => return true,
+    };
+    context.fencing.resume_refreshing();
+    let controller_stop = CancellationToken::new();
+    let running = controller::run(context.clone(), namespaces, controller_stop.clone(), ready);
+    tokio::pin!(running);
+    let (lost, finished) = tokio::select! {
+        _ = &mut running => (false, true),
+        _ = shutdown.cancelled() => (false, false),
+        _ = leadership.lost() => {
+            tracing::error!("lost the leader lease; stopping so that another replica can lead");
+            (true, false)
+        }
+    };
+    let flushed = if finished {
+        context.fencing.stop_refreshing();
+        controller::flush_parked(&context, tokio::time::Instant::now() + grace).await
+    } else {
+        controller::stop(&context, running, controller_stop, grace).await
+    };
+    if flushed {
+        leadership.release().await;
+    } else {
+        // The claim on each of those chains stays in its state Secret: the next leader waits
+        // it out and then treats the answer as lost.
+        tracing::error!("not releasing the leader Lease: some token states exist only in memory");
+    }
+    flushed && !lost
 }

@@ -1,7 +1,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -57,6 +57,11 @@ struct RunArgs {
     /// the same rotating refresh token revoke the chain.
     #[arg(long)]
     no_leader_election: bool,
+    /// Time from SIGTERM to exit: in-flight token requests finish and every new refresh token
+    /// is written before the process stops. Keep it below the pod's
+    /// terminationGracePeriodSeconds and above --token-request-timeout.
+    #[arg(long, default_value = "45s", value_parser = humantime::parse_duration)]
+    shutdown_grace_period: Duration,
     /// Log format.
     #[arg(
         long,
@@ -121,9 +126,15 @@ async fn run(args: RunArgs) -> ExitCode {
         server_stop.cancelled().await
     }));
 
-    let code = if args.no_leader_election {
-        controller::run(context, args.namespaces, shutdown.clone(), ready).await;
-        ExitCode::SUCCESS
+    let clean = if args.no_leader_election {
+        run_alone(
+            context,
+            args.namespaces,
+            shutdown.clone(),
+            args.shutdown_grace_period,
+            ready,
+        )
+        .await
     } else {
         let lease = LeaseOptions {
             namespace: args
@@ -135,15 +146,21 @@ async fn run(args: RunArgs) -> ExitCode {
             duration_seconds: 15,
             grace_seconds: 5,
         };
-        run_as_leader(
+        leader::run_as_leader(
             client,
             lease,
             context,
             args.namespaces,
             shutdown.clone(),
+            args.shutdown_grace_period,
             ready,
         )
         .await
+    };
+    let code = if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     };
     shutdown.cancel();
     match server.await {
@@ -155,43 +172,23 @@ async fn run(args: RunArgs) -> ExitCode {
     }
 }
 
-/// Stands by until this replica holds the lease, then runs the controller until shutdown or
-/// until the lease is lost. On shutdown the lease is released only after in-flight refreshes are
-/// persisted, so a standby takes over within seconds.
-async fn run_as_leader(
-    client: kube::Client,
-    lease: LeaseOptions,
+/// Runs the controller without leader election until shutdown.
+async fn run_alone(
     context: Arc<Context>,
     namespaces: Vec<String>,
     shutdown: CancellationToken,
+    grace: Duration,
     ready: Arc<AtomicBool>,
-) -> ExitCode {
-    // A standby replica is healthy and ready: it has nothing to sync until it leads.
-    ready.store(true, Ordering::Release);
-    let mut leadership = tokio::select! {
-        acquired = leader::acquire(client, &lease) => match acquired {
-            Ok(leadership) => leadership,
-            Err(error) => {
-                error!(%error, "leader election failed");
-                return ExitCode::FAILURE;
-            }
-        },
-        _ = shutdown.cancelled() => return ExitCode::SUCCESS,
-    };
-    let controller_stop = shutdown.child_token();
-    let running = controller::run(context, namespaces, controller_stop.clone(), ready);
+) -> bool {
+    let controller_stop = CancellationToken::new();
+    let running = controller::run(context.clone(), namespaces, controller_stop.clone(), ready);
     tokio::pin!(running);
     tokio::select! {
         _ = &mut running => {
-            leadership.release().await;
-            ExitCode::SUCCESS
+            context.fencing.stop_refreshing();
+            controller::flush_parked(&context, tokio::time::Instant::now() + grace).await
         }
-        _ = leadership.lost() => {
-            error!("lost the leader lease; stopping so that another replica can lead");
-            controller_stop.cancel();
-            running.await;
-            ExitCode::FAILURE
-        }
+        _ = shutdown.cancelled() => controller::stop(&context, running, controller_stop, grace).await,
     }
 }
 

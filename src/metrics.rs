@@ -120,17 +120,19 @@ impl Metrics {
     /// Counts one token request: its outcome, latency and HTTP status class.
     pub fn observe_request(&self, result: &Result<Issued, OAuthError>, elapsed: Duration) {
         self.refresh_duration.observe(elapsed.as_secs_f64());
+        let failure = |error: &OAuthError| match error.kind() {
+            FailureKind::ReauthorizationRequired => RefreshResult::reauthorization_required,
+            FailureKind::InvalidClient => RefreshResult::invalid_client,
+            FailureKind::Configuration => RefreshResult::configuration_error,
+            FailureKind::Transient => RefreshResult::transient_error,
+        };
         let (outcome, status) = match result {
-            Ok(issued) => (RefreshResult::success, Some(issued.status)),
-            Err(error) => (
-                match error.kind() {
-                    FailureKind::ReauthorizationRequired => RefreshResult::reauthorization_required,
-                    FailureKind::InvalidClient => RefreshResult::invalid_client,
-                    FailureKind::Configuration => RefreshResult::configuration_error,
-                    FailureKind::Transient => RefreshResult::transient_error,
-                },
-                error.http_status(),
-            ),
+            Ok(issued) => match &issued.access {
+                Ok(_) => (RefreshResult::success, Some(issued.status)),
+                // A 2xx answer without a usable access token.
+                Err(error) => (failure(error), Some(issued.status)),
+            },
+            Err(error) => (failure(error), error.http_status()),
         };
         self.count_attempt(outcome);
         self.count_response(status);

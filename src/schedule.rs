@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
+use crate::oauth::MAX_TOKEN_LIFETIME;
+
 /// How far ahead of expiry to refresh.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum RefreshPolicy {
@@ -42,23 +44,31 @@ pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 /// Expiry of a token: request time + `expires_in`; else the JWT `exp`; else a default lifetime.
 ///
 /// The request time, not the response time, starts the lifetime: the provider's clock started
-/// it somewhere in between, and erring early is safe.
+/// it somewhere in between, and erring early is safe. Whatever the source, the lifetime is at
+/// most [`MAX_TOKEN_LIFETIME`], and the expiry saturates at the end of chrono's range.
 pub fn token_expiry(
     requested_at: DateTime<Utc>,
     expires_in: Option<Duration>,
     jwt_exp: Option<DateTime<Utc>>,
     default_lifetime: Duration,
 ) -> (DateTime<Utc>, ExpirySource) {
+    let latest = after(requested_at, MAX_TOKEN_LIFETIME);
     if let Some(expires_in) = expires_in {
-        return (requested_at + delta(expires_in), ExpirySource::ExpiresIn);
+        return (after(requested_at, expires_in), ExpirySource::ExpiresIn);
     }
     match jwt_exp {
-        Some(exp) if exp > requested_at => (exp, ExpirySource::JwtExp),
+        Some(exp) if exp > requested_at => (exp.min(latest), ExpirySource::JwtExp),
         _ => (
-            requested_at + delta(default_lifetime),
+            after(requested_at, default_lifetime),
             ExpirySource::DefaultLifetime,
         ),
     }
+}
+
+/// `at` plus a lifetime of at most [`MAX_TOKEN_LIFETIME`], saturating at chrono's limit.
+fn after(at: DateTime<Utc>, lifetime: Duration) -> DateTime<Utc> {
+    at.checked_add_signed(delta(lifetime.min(MAX_TOKEN_LIFETIME)))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// When to refresh a token issued at `requested_at` that expires at `expires_at`.
@@ -66,14 +76,18 @@ pub fn token_expiry(
 /// `jitter_unit` is a uniform draw in `[0, 1)` taken once per issued token; it moves the refresh
 /// earlier by up to a tenth of the lead (at most five minutes) so that tokens issued together do
 /// not all refresh in the same second. The result is truncated to whole seconds so that it
-/// reads the same in status as in memory.
+/// reads the same in status as in memory. Never panics: the result lies between the truncated
+/// `requested_at` and `expires_at` (when `expires_at` is not before `requested_at`).
 pub fn refresh_at(
     requested_at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
     policy: RefreshPolicy,
     jitter_unit: f64,
 ) -> DateTime<Utc> {
-    let lifetime = (expires_at - requested_at).max(TimeDelta::zero());
+    // Any two instants in chrono's range are less than `TimeDelta::MAX` apart.
+    let lifetime = expires_at
+        .signed_duration_since(requested_at)
+        .max(TimeDelta::zero());
     let default_lead = lifetime / 3;
     let lead = match policy {
         // A lead longer than the whole lifetime would mean "refresh immediately, forever".
@@ -84,9 +98,15 @@ pub fn refresh_at(
         }
     };
     let max_jitter = scale(lead, JITTER_SHARE_OF_LEAD).min(delta(MAX_JITTER));
-    let jitter = scale(max_jitter, jitter_unit.clamp(0.0, 1.0));
-    let earliest = requested_at + delta(MIN_REFRESH_INTERVAL).min(lifetime / 2);
-    truncate_to_seconds((expires_at - lead - jitter).max(earliest))
+    let jitter = scale(max_jitter, jitter_unit);
+    let earliest = requested_at
+        .checked_add_signed(delta(MIN_REFRESH_INTERVAL).min(lifetime / 2))
+        .unwrap_or(requested_at);
+    let at = lead
+        .checked_add(&jitter)
+        .and_then(|ahead| expires_at.checked_sub_signed(ahead))
+        .unwrap_or(earliest);
+    truncate_to_seconds(at.max(earliest))
 }
 
 /// What a failed token request means for the next attempt.
@@ -221,12 +241,26 @@ fn due_or_wait(now: DateTime<Utc>, at: DateTime<Utc>, reason: RefreshReason) -> 
     }
 }
 
+/// A `Duration` as a `TimeDelta`, saturating at `TimeDelta::MAX`.
 fn delta(duration: Duration) -> TimeDelta {
     TimeDelta::from_std(duration).unwrap_or(TimeDelta::MAX)
 }
 
+/// `value` times `factor`, with `factor` clamped to `[0, 1]` (NaN counts as 0), to the
+/// millisecond.
 fn scale(value: TimeDelta, factor: f64) -> TimeDelta {
-    TimeDelta::milliseconds((value.num_milliseconds() as f64 * factor) as i64)
+    let factor = if factor.is_nan() {
+        0.0
+    } else {
+        factor.clamp(0.0, 1.0)
+    };
+    // The float to integer cast saturates, and `try_milliseconds` refuses only `i64::MIN`.
+    let milliseconds = (value.num_milliseconds() as f64 * factor) as i64;
+    TimeDelta::try_milliseconds(milliseconds).unwrap_or(if milliseconds < 0 {
+        TimeDelta::MIN
+    } else {
+        TimeDelta::MAX
+    })
 }
 
 /// Drops sub-second precision: status timestamps are RFC 3339 seconds.
@@ -336,6 +370,106 @@ mod tests {
         assert_eq!(at, t(0));
         let at = refresh_at(t(0), t(2), RefreshPolicy::RemainingPercent(99), 0.5);
         assert_eq!(at, t(1));
+    }
+
+    #[test]
+    fn absurd_lifetimes_are_clamped_to_a_year() {
+        let year = secs(365 * 24 * 3600);
+        assert_eq!(MAX_TOKEN_LIFETIME, year);
+        let end = t(365 * 24 * 3600);
+        assert_eq!(
+            token_expiry(t(0), Some(secs(1_000_000_000_000_000)), None, secs(60)),
+            (end, ExpirySource::ExpiresIn)
+        );
+        assert_eq!(
+            token_expiry(t(0), Some(Duration::MAX), None, secs(60)),
+            (end, ExpirySource::ExpiresIn)
+        );
+        assert_eq!(
+            token_expiry(t(0), None, None, Duration::MAX),
+            (end, ExpirySource::DefaultLifetime)
+        );
+        // A year is kept as it is.
+        assert_eq!(
+            token_expiry(t(0), Some(year), None, secs(60)),
+            (end, ExpirySource::ExpiresIn)
+        );
+        // With a year-long lifetime the default policy refreshes when a third remains.
+        assert_eq!(
+            refresh_at(t(0), end, RefreshPolicy::default(), 0.0),
+            t(21_129_120)
+        );
+    }
+
+    #[test]
+    fn a_jwt_exp_of_i64_max_is_clamped_to_a_year() {
+        use base64::Engine as _;
+        let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let token = format!(
+            "{}.{}.sig",
+            engine.encode("{}"),
+            engine.encode(format!(r#"{{"exp":{}}}"#, i64::MAX))
+        );
+        let exp = crate::oauth::jwt::expiry(&token);
+        assert_eq!(exp, Some(DateTime::<Utc>::MAX_UTC));
+        assert_eq!(
+            token_expiry(t(0), None, exp, secs(60)),
+            (t(365 * 24 * 3600), ExpirySource::JwtExp)
+        );
+        // An exp within the year is kept.
+        assert_eq!(
+            token_expiry(t(0), None, Some(t(7200)), secs(60)),
+            (t(7200), ExpirySource::JwtExp)
+        );
+    }
+
+    #[test]
+    fn clocks_at_chronos_limits_saturate() {
+        let max = DateTime::<Utc>::MAX_UTC;
+        let min = DateTime::<Utc>::MIN_UTC;
+        assert_eq!(
+            token_expiry(max, Some(secs(3600)), None, secs(60)),
+            (max, ExpirySource::ExpiresIn)
+        );
+        assert_eq!(
+            token_expiry(max - TimeDelta::seconds(10), None, Some(max), secs(60)),
+            (max, ExpirySource::JwtExp)
+        );
+        assert_eq!(
+            token_expiry(min, None, Some(max), secs(60)).0,
+            min + TimeDelta::days(365)
+        );
+        for policy in [
+            RefreshPolicy::default(),
+            RefreshPolicy::Before(Duration::MAX),
+            RefreshPolicy::Before(secs(1)),
+            RefreshPolicy::RemainingPercent(99),
+        ] {
+            for jitter in [0.0, 0.5, 1.0, f64::NAN, f64::NEG_INFINITY] {
+                let at = refresh_at(min, max, policy, jitter);
+                assert!(at > min && at < max, "{policy:?} {jitter}");
+                assert_eq!(
+                    refresh_at(max, max, policy, jitter),
+                    truncate_to_seconds(max)
+                );
+                assert_eq!(refresh_at(min, min, policy, jitter), min);
+                assert_eq!(
+                    refresh_at(max, min, policy, jitter),
+                    truncate_to_seconds(max)
+                );
+                let near = max - TimeDelta::milliseconds(1500);
+                assert!(refresh_at(near, max, policy, jitter) >= truncate_to_seconds(near));
+            }
+        }
+    }
+
+    #[test]
+    fn odd_jitter_draws_stay_within_the_range() {
+        let policy = RefreshPolicy::Before(secs(900));
+        let none = refresh_at(t(0), t(3600), policy, 0.0);
+        assert_eq!(refresh_at(t(0), t(3600), policy, f64::NAN), none);
+        assert_eq!(refresh_at(t(0), t(3600), policy, -3.0), none);
+        assert_eq!(refresh_at(t(0), t(3600), policy, f64::INFINITY), t(2610));
     }
 
     #[test]

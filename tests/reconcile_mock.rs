@@ -125,6 +125,48 @@ impl Fixture {
         )
     }
 
+    fn condition_message(&self, type_: &str) -> String {
+        let status = self.status();
+        status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == type_)
+            .unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Moves every scheduled attempt into the past, as if time had passed.
+    fn make_due(&self) {
+        let path = token_path("allegro");
+        let mut token = self.api.get(&path).unwrap();
+        if !token["status"]["nextRefreshAt"].is_null() {
+            token["status"]["nextRefreshAt"] = json!("2020-01-01T00:00:00Z");
+        }
+        self.api.put(&path, token);
+        let state_path = secret_path("allegro-oauth-state");
+        if let Some(mut state) = self.api.get(&state_path)
+            && state["data"].get("refresh_at").is_some()
+        {
+            state["data"]["refresh_at"] = json!(b64("2020-01-01T00:00:00Z"));
+            self.api.put(&state_path, state);
+        }
+    }
+
+    /// Edits the stored OAuthToken's spec, as `kubectl edit` would.
+    fn edit_spec(&self, changes: Value) {
+        let path = token_path("allegro");
+        let mut token = self.api.get(&path).unwrap();
+        for (key, value) in changes.as_object().unwrap() {
+            token["spec"][key] = value.clone();
+        }
+        let generation = token["metadata"]["generation"].as_i64().unwrap_or(1);
+        token["metadata"]["generation"] = json!(generation + 1);
+        self.api.put(&path, token);
+    }
+
     fn state_data(&self, key: &str) -> Option<String> {
         let secret = self.api.get(&secret_path("allegro-oauth-state"))?;
         secret["data"].get(key).map(unb64)
@@ -158,6 +200,15 @@ impl Fixture {
     }
 }
 
+fn sha256(value: &str) -> String {
+    oauth_token_operator::controller::state::fingerprint(value)
+}
+
+fn owner() -> Value {
+    json!({"apiVersion": "oauth-token-operator.io/v1alpha1", "kind": "OAuthToken",
+           "name": "allegro", "uid": "token-uid", "controller": true, "blockOwnerDeletion": true})
+}
+
 fn time(value: &Value) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(value.as_str().unwrap())
         .unwrap()
@@ -175,20 +226,47 @@ async fn first_reconcile_persists_the_rotated_refresh_token_before_publishing() 
         vec![
             format!("POST /api/v1/namespaces/{NS}/secrets"),
             format!("PUT {}", secret_path("allegro-oauth-state")),
+            format!("PUT {}", secret_path("allegro-oauth-state")),
             format!("PATCH {}", secret_path("allegro-token")),
             format!("PATCH {}/status", token_path("allegro")),
         ],
-        "the import, then the rotated refresh token, then the access token, then status"
+        "the import, the claim, then the rotated refresh token, then the access token, then status"
     );
-    let put = f
+    let puts: Vec<_> = f
         .api
         .log()
         .into_iter()
-        .find(|r| r.method == Method::PUT)
-        .unwrap();
+        .filter(|r| r.method == Method::PUT)
+        .collect();
+    for put in &puts {
+        assert!(
+            !put.body["metadata"]["resourceVersion"].is_null(),
+            "every state write carries a resourceVersion precondition"
+        );
+    }
+    let claim: Value = serde_json::from_str(&unb64(&puts[0].body["data"]["claim"])).unwrap();
+    assert_eq!(
+        claim["fingerprint"],
+        sha256("rt-0"),
+        "the claim names the token presented"
+    );
+    assert_eq!(claim["attempt"], 1);
     assert!(
-        !put.body["metadata"]["resourceVersion"].is_null(),
-        "the state write carries a resourceVersion precondition"
+        puts[1].body["data"].get("claim").is_none(),
+        "the commit ends the claim"
+    );
+    assert_eq!(
+        f.state_data("bound_origin").as_deref(),
+        Some(f.endpoint.url.trim_end_matches("/token"))
+    );
+    assert_eq!(
+        f.state_data("bound_client_id").as_deref(),
+        Some("allegro-app")
+    );
+    assert_eq!(
+        f.status()["importedRefreshTokenSha256"],
+        sha256("rt-0"),
+        "status remembers what was imported, outside the state Secret"
     );
     assert_eq!(f.state_data("refresh_token").as_deref(), Some("rt-1"));
 
@@ -283,7 +361,8 @@ async fn a_foreign_target_secret_is_never_overwritten() {
 #[tokio::test]
 async fn a_failed_state_write_keeps_the_new_refresh_token_and_never_reuses_the_old_one() {
     let f = Fixture::new(Some(3600)).await;
-    // The import write succeeds; every attempt to persist the rotated token fails.
+    // The import and the claim succeed; every attempt to persist the rotated token fails.
+    f.api.pass_next(Method::PUT, "/secrets/allegro-oauth-state");
     for _ in 0..5 {
         f.api
             .fail_next(Method::PUT, "/secrets/allegro-oauth-state", 500);
@@ -320,13 +399,289 @@ async fn a_failed_state_write_keeps_the_new_refresh_token_and_never_reuses_the_o
 }
 
 #[tokio::test]
-async fn a_conflicting_state_write_is_repeated_on_the_fresh_version() {
+async fn a_conflicting_claim_sends_nothing_and_looks_again() {
     let f = Fixture::new(Some(3600)).await;
+    f.api
+        .fail_next(Method::PUT, "/secrets/allegro-oauth-state", 409);
+    let error = f.reconcile().await.unwrap_err();
+    assert!(error.contains("changed meanwhile"), "{error}");
+    assert_eq!(f.endpoint.requests(), 0, "no claim, no request");
+    f.reconcile().await.unwrap();
+    assert_eq!(f.state_data("refresh_token").as_deref(), Some("rt-1"));
+    assert_eq!(f.endpoint.presented(), vec!["rt-0"]);
+}
+
+#[tokio::test]
+async fn a_conflicting_commit_on_the_same_chain_is_repeated_on_the_fresh_version() {
+    let f = Fixture::new(Some(3600)).await;
+    f.api.pass_next(Method::PUT, "/secrets/allegro-oauth-state");
     f.api
         .fail_next(Method::PUT, "/secrets/allegro-oauth-state", 409);
     f.reconcile().await.unwrap();
     assert_eq!(f.state_data("refresh_token").as_deref(), Some("rt-1"));
     assert_eq!(f.endpoint.requests(), 1);
+    assert_eq!(f.condition("Ready"), ("True".into(), "TokenValid".into()));
+}
+
+#[tokio::test]
+async fn a_newer_token_stored_by_someone_else_is_never_overwritten() {
+    let f = Fixture::new(Some(3600)).await;
+    f.endpoint.then(Answer::Slow(Duration::from_millis(400)));
+    let racing = {
+        let api = f.api.clone();
+        tokio::spawn(async move {
+            // While our request is in flight, another process commits its own successor.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let mut state = api.get(&secret_path("allegro-oauth-state")).unwrap();
+            state["data"]["refresh_token"] = json!(b64("rt-theirs"));
+            state["data"].as_object_mut().unwrap().remove("claim");
+            api.put(&secret_path("allegro-oauth-state"), state);
+        })
+    };
+    f.reconcile().await.unwrap();
+    racing.await.unwrap();
+    assert_eq!(f.endpoint.presented(), vec!["rt-0"]);
+    assert_eq!(
+        f.state_data("refresh_token").as_deref(),
+        Some("rt-theirs"),
+        "compared, not overwritten"
+    );
+    assert!(
+        f.api.get(&secret_path("allegro-token")).is_none(),
+        "the discarded answer is not published"
+    );
+    assert_eq!(
+        f.condition("Ready"),
+        ("False".into(), "ChainConflict".into())
+    );
+    assert!(
+        f.api
+            .events()
+            .contains(&"Warning ChainConflict".to_string())
+    );
+    f.assert_no_secret_leaks();
+}
+
+#[tokio::test]
+async fn a_live_claim_of_another_process_is_waited_out() {
+    let f = Fixture::new(Some(3600)).await;
+    f.api.put(
+        &secret_path("allegro-oauth-state"),
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "allegro-oauth-state", "namespace": NS,
+                            "ownerReferences": [owner()]},
+               "data": {"refresh_token": b64("rt-0"),
+                        "imported_refresh_token_sha256": b64(&sha256("rt-0")),
+                        "claim": b64(&json!({"holder": "other-pod/1", "fingerprint": sha256("rt-0"),
+                                              "ttlSeconds": 60, "attempt": 1}).to_string())}}),
+    );
+    for _ in 0..3 {
+        let action = f.reconcile().await.unwrap();
+        let wait = format!("{action:?}");
+        assert!(wait.contains("requeue_after: Some("), "{wait}");
+    }
+    assert_eq!(
+        f.endpoint.requests(),
+        0,
+        "never two presentations in flight"
+    );
+}
+
+#[tokio::test]
+async fn a_lost_answer_allows_one_more_presentation_never_two() {
+    let f = Fixture::new(Some(3600)).await;
+    // The fixture's request timeout is 2 s: both answers come too late.
+    f.endpoint.then(Answer::Slow(Duration::from_secs(3)));
+    f.endpoint.then(Answer::Slow(Duration::from_secs(3)));
+    f.reconcile().await.unwrap();
+    let claim: Value = serde_json::from_str(&f.state_data("claim").unwrap()).unwrap();
+    assert_eq!(claim["lost"], true);
+    assert_eq!(claim["attempt"], 1);
+    f.make_due();
+    f.reconcile().await.unwrap();
+    assert_eq!(f.endpoint.presented(), vec!["rt-0", "rt-0"]);
+    for _ in 0..3 {
+        f.make_due();
+        f.reconcile().await.unwrap();
+    }
+    assert_eq!(
+        f.endpoint.presented(),
+        vec!["rt-0", "rt-0"],
+        "never a third time"
+    );
+    assert_eq!(
+        f.condition("ReauthorizationRequired"),
+        ("True".into(), "AnswerLost".into())
+    );
+    f.assert_no_secret_leaks();
+}
+
+#[tokio::test]
+async fn invalid_grant_after_a_lost_answer_says_so() {
+    let f = Fixture::new(Some(3600)).await;
+    f.endpoint.then(Answer::Slow(Duration::from_secs(3)));
+    f.endpoint.then(Answer::Fail {
+        status: 400,
+        error: Some("invalid_grant"),
+        retry_after: None,
+    });
+    f.reconcile().await.unwrap();
+    f.make_due();
+    f.reconcile().await.unwrap();
+    assert_eq!(
+        f.condition("ReauthorizationRequired"),
+        ("True".into(), "InvalidGrant".into())
+    );
+    let message = f.condition_message("ReauthorizationRequired");
+    assert!(message.contains("was lost"), "{message}");
+    f.reconcile().await.unwrap();
+    assert!(
+        f.condition_message("ReauthorizationRequired")
+            .contains("was lost")
+    );
+    assert_eq!(f.endpoint.requests(), 2);
+}
+
+#[tokio::test]
+async fn a_deleted_state_secret_never_reimports_a_used_refresh_token() {
+    let f = Fixture::new(Some(3600)).await;
+    f.reconcile().await.unwrap();
+    let published = f.api.get(&secret_path("allegro-token")).unwrap();
+    f.api.remove(&secret_path("allegro-oauth-state"));
+    for _ in 0..3 {
+        f.make_due();
+        f.reconcile().await.unwrap();
+    }
+    assert_eq!(f.endpoint.presented(), vec!["rt-0"], "rt-0 was used up");
+    assert_eq!(
+        f.condition("ReauthorizationRequired"),
+        ("True".into(), "StateLost".into())
+    );
+    assert_eq!(f.condition("Ready"), ("False".into(), "StateLost".into()));
+    assert_eq!(
+        f.api.get(&secret_path("allegro-token")).unwrap()["data"],
+        published["data"],
+        "the published access token stays until it expires"
+    );
+    // A human authorizes again.
+    f.api.put(
+        &secret_path("allegro-authorization"),
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "allegro-authorization", "namespace": NS},
+               "data": {"refresh_token": b64("rt-new")}}),
+    );
+    f.reconcile().await.unwrap();
+    assert_eq!(f.endpoint.presented(), vec!["rt-0", "rt-new"]);
+    assert_eq!(f.condition("Ready"), ("True".into(), "TokenValid".into()));
+    f.assert_no_secret_leaks();
+}
+
+#[tokio::test]
+async fn the_chain_is_only_sent_where_it_came_from() {
+    let f = Fixture::new(Some(3600)).await;
+    f.reconcile().await.unwrap();
+    let elsewhere = FakeTokenEndpoint::start(Some(3600)).await;
+    f.edit_spec(json!({"tokenEndpoint": elsewhere.url}));
+    f.make_due();
+    f.reconcile().await.unwrap();
+    assert_eq!(
+        elsewhere.requests(),
+        0,
+        "the refresh token never reaches another origin"
+    );
+    assert_eq!(
+        f.condition("ReauthorizationRequired"),
+        ("True".into(), "ChainBindingChanged".into())
+    );
+    f.edit_spec(json!({"tokenEndpoint": f.endpoint.url, "clientId": "another-app"}));
+    f.reconcile().await.unwrap();
+    assert_eq!(
+        f.condition("ReauthorizationRequired"),
+        ("True".into(), "ChainBindingChanged".into())
+    );
+    assert_eq!(f.endpoint.requests(), 1);
+    f.assert_no_secret_leaks();
+}
+
+#[tokio::test]
+async fn spec_edits_that_do_not_change_the_request_cause_no_token_request() {
+    let f = Fixture::new(Some(3600)).await;
+    f.reconcile().await.unwrap();
+    f.edit_spec(
+        json!({"secretName": "renamed", "refreshBefore": "10m", "publishRefreshToken": true}),
+    );
+    f.reconcile().await.unwrap();
+    assert_eq!(f.endpoint.requests(), 1);
+    let renamed = f.api.get(&secret_path("renamed")).unwrap();
+    assert_eq!(unb64(&renamed["data"]["access_token"]), "at-1");
+    f.edit_spec(json!({"scopes": ["read"]}));
+    f.reconcile().await.unwrap();
+    assert_eq!(
+        f.endpoint.presented(),
+        vec!["rt-0", "rt-1"],
+        "a new scope asks again"
+    );
+}
+
+#[tokio::test]
+async fn the_state_secret_cannot_be_the_published_secret() {
+    let f = Fixture::with_spec(Some(3600), json!({"secretName": "allegro-oauth-state"})).await;
+    f.reconcile().await.unwrap();
+    assert_eq!(f.endpoint.requests(), 0);
+    assert_eq!(f.condition("Ready"), ("False".into(), "InvalidSpec".into()));
+}
+
+#[tokio::test]
+async fn a_refresh_token_in_an_unusable_answer_is_kept() {
+    let f = Fixture::new(Some(3600)).await;
+    f.endpoint.then(Answer::Raw(
+        json!({"refresh_token": "rt-salvaged", "token_type": "bearer"}),
+    ));
+    f.reconcile().await.unwrap();
+    assert_eq!(
+        f.state_data("refresh_token").as_deref(),
+        Some("rt-salvaged")
+    );
+    assert_eq!(f.status()["failedAttempts"], 1);
+    assert!(f.condition_message("Ready").contains("no access_token"));
+    f.make_due();
+    f.endpoint.then(Answer::Raw(
+        json!({"access_token": "at-2", "refresh_token": "rt-2", "scope": ["read", "write"],
+               "expires_in": "3600", "token_type": "BEARER", "extra": {"x": 1}}),
+    ));
+    f.reconcile().await.unwrap();
+    assert_eq!(f.endpoint.presented(), vec!["rt-0", "rt-salvaged"]);
+    assert_eq!(f.state_data("refresh_token").as_deref(), Some("rt-2"));
+    assert_eq!(f.condition("Ready"), ("True".into(), "TokenValid".into()));
+    f.assert_no_secret_leaks();
+}
+
+#[tokio::test]
+async fn no_refresh_starts_without_leadership() {
+    let f = Fixture::new(Some(3600)).await;
+    f.ctx.fencing.stop_refreshing();
+    f.reconcile().await.unwrap();
+    assert_eq!(f.endpoint.requests(), 0);
+    f.ctx.fencing.resume_refreshing();
+    f.reconcile().await.unwrap();
+    assert_eq!(f.endpoint.requests(), 1);
+}
+
+#[tokio::test]
+async fn a_parked_state_is_written_before_any_spec_check() {
+    let f = Fixture::new(Some(3600)).await;
+    f.api.pass_next(Method::PUT, "/secrets/allegro-oauth-state");
+    for _ in 0..5 {
+        f.api
+            .fail_next(Method::PUT, "/secrets/allegro-oauth-state", 500);
+    }
+    f.reconcile().await.unwrap_err();
+    // The spec turns invalid meanwhile: the newest link is still written first.
+    f.edit_spec(json!({"refreshBeforePercentage": 0}));
+    f.reconcile().await.unwrap();
+    assert_eq!(f.state_data("refresh_token").as_deref(), Some("rt-1"));
+    assert_eq!(f.condition("Ready"), ("False".into(), "InvalidSpec".into()));
+    assert_eq!(f.endpoint.presented(), vec!["rt-0"]);
 }
 
 #[tokio::test]

@@ -79,11 +79,11 @@ async fn rotate(
         let issued = refresh(&tokens, &endpoint, &credentials, &current)
             .await
             .unwrap_or_else(|e| panic!("refresh {round} failed: {e}"));
-        let response = issued.response;
+        let next = issued.refresh_token.expect("oidc-provider rotates");
+        let response = issued.access.unwrap();
         assert!(!response.access_token.expose_secret().is_empty());
         assert_eq!(response.token_type, "Bearer");
         assert!(response.expires_in.is_some());
-        let next = response.refresh_token.expect("oidc-provider rotates");
         assert!(
             !seen.contains(&next.expose_secret().to_string()),
             "rotation gives a new refresh token every time"
@@ -127,10 +127,11 @@ async fn client_credentials_with_basic_and_post() {
             })
             .await
             .unwrap();
-        assert!(issued.response.refresh_token.is_none());
-        assert_eq!(issued.response.scope.as_deref(), Some("api:read"));
+        assert!(issued.refresh_token.is_none());
+        let response = issued.access.unwrap();
+        assert_eq!(response.scope.as_deref(), Some("api:read"));
         assert_eq!(
-            issued.response.expires_in,
+            response.expires_in,
             Some(Duration::from_secs(
                 provider.options().client_credentials_ttl_secs
             ))
@@ -194,7 +195,6 @@ async fn revoked_or_reused_grants_are_invalid_grant() {
     let second = refresh(&tokens, &endpoint, &client, &first)
         .await
         .unwrap()
-        .response
         .refresh_token
         .unwrap();
     let reuse = refresh(&tokens, &endpoint, &client, &first)
@@ -365,7 +365,67 @@ async fn missing_expires_in_is_not_an_error() {
     })
     .await;
     let issued = fake.request(Duration::from_secs(5)).await.unwrap();
-    assert_eq!(issued.response.expires_in, None);
+    assert_eq!(issued.access.unwrap().expires_in, None);
+}
+
+#[tokio::test]
+async fn odd_but_usable_text_plain_answers_are_parsed() {
+    let fake = FakeEndpoint::start(|_| {
+        (
+            StatusCode::OK,
+            [("content-type", "text/plain; charset=utf-8")],
+            r#"{"access_token":"a","refresh_token":"r2","scope":["read","write"],"expires_in":"3600","token_type":"BEARER","extra":{"x":1}}"#,
+        )
+            .into_response()
+    })
+    .await;
+    let issued = fake.request(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(issued.status, 200);
+    assert_eq!(issued.refresh_token.unwrap().expose_secret(), "r2");
+    let access = issued.access.unwrap();
+    assert_eq!(access.access_token.expose_secret(), "a");
+    assert_eq!(access.token_type, "Bearer");
+    assert_eq!(access.scope.as_deref(), Some("read write"));
+    assert_eq!(access.expires_in, Some(Duration::from_secs(3600)));
+}
+
+#[tokio::test]
+async fn a_rotated_refresh_token_survives_an_answer_without_access_token() {
+    let fake = FakeEndpoint::start(|_| {
+        json(
+            StatusCode::OK,
+            r#"{"refresh_token":"r3","expires_in":1e999}"#,
+        )
+    })
+    .await;
+    let issued = fake.request(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(issued.refresh_token.unwrap().expose_secret(), "r3");
+    let error = issued.access.unwrap_err();
+    assert!(
+        matches!(error, OAuthError::Malformed { status: 200, .. }),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn success_bodies_that_are_not_json_objects_are_malformed() {
+    let fake = FakeEndpoint::start(|n| match n {
+        0 => json(StatusCode::OK, r#"["access_token"]"#),
+        _ => (
+            StatusCode::OK,
+            [("content-type", "text/html")],
+            "<html>ok</html>",
+        )
+            .into_response(),
+    })
+    .await;
+    for _ in 0..2 {
+        let error = fake.request(Duration::from_secs(5)).await.unwrap_err();
+        assert!(
+            matches!(error, OAuthError::Malformed { status: 200, .. }),
+            "{error}"
+        );
+    }
 }
 
 #[tokio::test]

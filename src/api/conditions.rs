@@ -24,6 +24,17 @@ pub mod reason {
     pub const SECRET_CONFLICT: &str = "SecretConflict";
     /// The access token expired and refreshing keeps failing for a reason that may pass.
     pub const REFRESH_FAILING: &str = "RefreshFailing";
+    /// The refresh token was imported for another token endpoint origin or client id than the
+    /// spec now names; it is only sent where it came from, so a fresh import is needed.
+    pub const CHAIN_BINDING_CHANGED: &str = "ChainBindingChanged";
+    /// The answers to the refresh token's last presentations were lost (timeout, a stopped
+    /// process); the provider may have rotated it, so it is not presented again.
+    pub const ANSWER_LOST: &str = "AnswerLost";
+    /// The state Secret holding the refresh-token chain was deleted; the import Secret still
+    /// holds a refresh token that was used up long ago.
+    pub const STATE_LOST: &str = "StateLost";
+    /// Another process stored a different refresh token while this one was refreshing.
+    pub const CHAIN_CONFLICT: &str = "ChainConflict";
     /// The refresh token grant is usable.
     pub const AUTHORIZED: &str = "Authorized";
     /// The grant does not use refresh tokens.

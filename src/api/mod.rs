@@ -118,7 +118,8 @@ pub struct OAuthTokenSpec {
 
     /// Name of the Secret, in this namespace, that receives the access token. Defaults to the
     /// OAuthToken's name. The operator creates it and refuses to overwrite a Secret that it
-    /// does not control.
+    /// does not control. It may not be `<metadata.name>-oauth-state`, the operator-only Secret
+    /// that keeps the refresh token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(max = 253),
@@ -215,8 +216,11 @@ pub struct SecretKeyRef {
 #[serde(rename_all = "camelCase")]
 pub struct OAuthTokenStatus {
     /// `Ready` is True while the target Secret holds a valid access token.
-    /// `ReauthorizationRequired` is True when the provider rejected the refresh token
-    /// (`invalid_grant`) and a human must put a new one in the import Secret.
+    /// `ReauthorizationRequired` is True when the refresh token cannot be used any more and a
+    /// human must put a new one in the import Secret: the provider rejected it (`InvalidGrant`),
+    /// the answers to its last presentations were lost (`AnswerLost`), the state Secret was
+    /// deleted (`StateLost`), or the spec now names another token endpoint origin or client
+    /// (`ChainBindingChanged`).
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -244,6 +248,12 @@ pub struct OAuthTokenStatus {
 
     /// When a refresh token was last imported from `initialRefreshTokenSecretRef`.
     pub refresh_token_imported_at: Option<DateTime<Utc>>,
+
+    /// SHA-256 fingerprint (hex) of the last refresh token imported from
+    /// `initialRefreshTokenSecretRef`. Kept here, outside the state Secret, so that a used-up
+    /// refresh token is never imported again, even when the state Secret is lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported_refresh_token_sha256: Option<String>,
 
     /// Name of the Secret holding the published access token.
     pub secret_name: Option<String>,

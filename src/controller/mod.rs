@@ -1,8 +1,7 @@
 //! The reconcile shell: watches, the shared context, and error handling.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -14,23 +13,21 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::api::OAuthToken;
 use crate::metrics::Metrics;
 use crate::oauth::TokenClient;
 
+pub mod chain;
 mod reconcile;
 pub mod secrets;
 pub mod settings;
 pub mod state;
 pub mod status;
 
+use chain::Fencing;
 pub use reconcile::reconcile;
-use state::TokenState;
-
-/// Identifies one OAuthToken: namespace and name.
-pub type ObjectKey = (String, String);
 
 /// Failures of a reconcile that are not the provider's answer (those end up in status).
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +44,8 @@ pub enum Error {
     PublishToken(#[source] kube::Error),
     #[error("writing the status failed: {0}")]
     WriteStatus(#[source] kube::Error),
+    #[error("the state Secret changed meanwhile; looking again")]
+    StateConflict,
 }
 
 impl Error {
@@ -58,6 +57,7 @@ impl Error {
             Error::PersistState(_) => "PersistStateFailed",
             Error::PublishToken(_) => "PublishTokenFailed",
             Error::WriteStatus(_) => "WriteStatusFailed",
+            Error::StateConflict => "StateConflict",
         }
     }
 }
@@ -70,48 +70,25 @@ pub struct Context {
     /// A uniform draw in `[0, 1)` for jitter; replaceable so tests are reproducible.
     pub jitter: fn() -> f64,
     pub metrics: Arc<Metrics>,
-    /// Token states obtained from the provider whose write to the state Secret failed. They
-    /// hold the only copy of the newest refresh token, so they are written before anything else.
-    parked: Mutex<HashMap<ObjectKey, TokenState>>,
+    /// Claims, parked states and the refresh gate: see [`chain`].
+    pub fencing: Fencing,
 }
 
 impl Context {
+    /// `reporter.instance` (the pod name) names this process in claims.
     pub fn new(client: Client, tokens: TokenClient, reporter: Reporter) -> Context {
+        let identity = reporter
+            .instance
+            .clone()
+            .unwrap_or_else(|| "oauth-token-operator".to_string());
         Context {
             recorder: Recorder::new(client.clone(), reporter),
+            fencing: Fencing::new(&identity, tokens.timeout()),
             client,
             tokens,
             jitter: rand::random::<f64>,
             metrics: Arc::default(),
-            parked: Mutex::new(HashMap::new()),
         }
-    }
-
-    fn key(&self, token: &OAuthToken) -> ObjectKey {
-        (token.namespace().unwrap_or_default(), token.name_any())
-    }
-
-    fn park(&self, key: ObjectKey, state: TokenState) {
-        self.parked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, state);
-    }
-
-    fn take_parked(&self, key: &ObjectKey) -> Option<TokenState> {
-        self.parked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key)
-    }
-
-    /// Whether any token state still waits to be written; a stopping operator reports it.
-    pub fn has_parked_state(&self) -> bool {
-        !self
-            .parked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
     }
 }
 
@@ -129,6 +106,8 @@ fn error_policy(_token: Arc<OAuthToken>, error: &Error, ctx: Arc<Context>) -> Ac
     let base = match error {
         // The newest refresh token exists only in memory: try to write it again soon.
         Error::PersistState(_) => Duration::from_secs(1),
+        // Someone else moved the chain: look again at once (a watch event usually comes first).
+        Error::StateConflict => Duration::from_millis(200),
         _ => Duration::from_secs(5),
     };
     Action::requeue(base + jitter)
@@ -210,12 +189,57 @@ pub async fn run(
         ready.store(true, Ordering::Release);
     });
     futures::future::join_all(controllers).await;
-    if context.has_parked_state() {
-        warn!(
-            "stopping with token state that could not be written; those chains may need re-authorization"
-        );
-    }
     info!("controller stopped");
+}
+
+/// Stops a running controller: no new refresh starts, in-flight reconciles get until `grace`
+/// runs out, then every state kept in memory is written within the same `grace`. Returns
+/// whether nothing is left only in memory.
+pub async fn stop(
+    context: &Context,
+    running: impl std::future::Future<Output = ()>,
+    controller_stop: CancellationToken,
+    grace: Duration,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + grace;
+    context.fencing.stop_refreshing();
+    controller_stop.cancel();
+    if tokio::time::timeout_at(deadline, running).await.is_err() {
+        warn!("in-flight reconciles did not finish within the shutdown grace period");
+    }
+    flush_parked(context, deadline).await
+}
+
+/// Writes every token state that exists only in memory, retrying until `deadline`. A stopping
+/// process calls it before it gives up the Lease or exits: the newest refresh token of a chain
+/// must not die with the process. Returns whether nothing is left in memory.
+pub async fn flush_parked(context: &Context, deadline: tokio::time::Instant) -> bool {
+    let mut pause = Duration::from_millis(200);
+    loop {
+        if !context.fencing.has_parked() {
+            return true;
+        }
+        let left = chain::flush_parked(&context.client, &context.fencing).await;
+        if left.is_empty() {
+            info!("wrote every token state that was kept in memory");
+            return true;
+        }
+        if tokio::time::Instant::now() + pause >= deadline {
+            for token in &left {
+                error!(
+                    oauthtoken = token.as_str(),
+                    "stopping with a new refresh token that could not be written; this chain will need re-authorization"
+                );
+            }
+            return false;
+        }
+        warn!(
+            pending = left.len(),
+            "token states still wait to be written; retrying"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
 }
 
 fn controller_for(

@@ -12,11 +12,13 @@ use kube::{Api, Resource, ResourceExt};
 use secrecy::{ExposeSecret, SecretString};
 use tracing::{debug, info, warn};
 
+use super::chain::{Chain, Committed, ForeignStateSecret, HeldClaim, Sent, Verdict, send_within};
 use super::secrets::{self, controlled_by, secret_text};
 use super::settings::{self, ClientSource, GrantSettings, Settings};
-use super::state::{AccessToken, TokenState, fingerprint};
+use super::state::{AccessToken, Binding, TokenState, fingerprint};
 use super::status::{self, Outcome};
 use super::{Context, Error};
+use crate::api::conditions::reason;
 use crate::api::{OAuthToken, OAuthTokenStatus, conditions};
 use crate::oauth::{ClientCredentials, FailureKind, GrantRequest, OAuthError, TokenRequest, jwt};
 use crate::schedule::{self, Decision, FailureClass, Observed, RefreshReason};
@@ -52,7 +54,10 @@ pub async fn reconcile(object: Arc<OAuthToken>, ctx: Arc<Context>) -> Result<Act
         previous: &previous,
     };
     let outcome = run.execute().await?;
-    let next = status::desired(&token, &previous, &outcome, now);
+    let mut next = status::desired(&token, &previous, &outcome, now);
+    if let Some(imported) = outcome.state().and_then(|s| s.imported_fingerprint.clone()) {
+        next.imported_refresh_token_sha256 = Some(imported);
+    }
     if next != previous {
         tokens
             .patch_status(
@@ -75,7 +80,11 @@ pub async fn reconcile(object: Arc<OAuthToken>, ctx: Arc<Context>) -> Result<Act
 
 fn requeue_for(outcome: &Outcome, now: DateTime<Utc>) -> Action {
     let until = match outcome {
-        Outcome::Blocked { .. } => return Action::requeue(BLOCKED_RECHECK),
+        Outcome::Blocked { .. } | Outcome::ChainDead { .. } => {
+            return Action::requeue(BLOCKED_RECHECK);
+        }
+        // Continue from the chain another process stored.
+        Outcome::Superseded => return Action::requeue(std::time::Duration::from_secs(1)),
         Outcome::Issued { state, .. } => state.access.as_ref().map(|a| a.refresh_at),
         Outcome::Waiting { until, .. } => Some(*until),
         Outcome::Failed { retry_at, .. } => Some(*retry_at),
@@ -100,13 +109,41 @@ struct Run<'a> {
     previous: &'a OAuthTokenStatus,
 }
 
+/// What the reconcile found about the inputs, for the refresh step.
+struct Inputs<'a> {
+    settings: &'a Settings,
+    client: &'a ClientCredentials,
+    target: Option<&'a Secret>,
+    binding: Binding,
+    request_fingerprint: String,
+    imported: bool,
+}
+
 impl Run<'_> {
     async fn execute(&self) -> Result<Outcome, Error> {
+        let fencing = &self.ctx.fencing;
+        let mut chain = match Chain::load(self.secrets, self.token, fencing).await? {
+            Ok(chain) => chain,
+            Err(ForeignStateSecret) => {
+                let state_name = self.token.state_secret_name();
+                return Ok(Outcome::conflict(format!(
+                    "Secret {state_name} exists and is not controlled by this OAuthToken; the operator keeps the refresh token there, so rename or delete that Secret"
+                )));
+            }
+        };
+        // A state obtained earlier whose write failed holds the newest link of the chain: it
+        // is written before any spec or conflict check, and the older refresh token is never
+        // presented again.
+        if let Some(parked) = fencing.take_parked(&self.token.uid().unwrap_or_default())
+            && chain.write_parked(parked).await? == Committed::Superseded
+        {
+            return Ok(Outcome::Superseded);
+        }
+
         let settings = match settings::resolve(self.token, &self.ctx.tokens) {
             Ok(settings) => settings,
             Err(message) => return Ok(Outcome::invalid_spec(message)),
         };
-
         let target = self
             .secrets
             .get_opt(&settings.target_secret)
@@ -120,37 +157,11 @@ impl Run<'_> {
                 settings.target_secret
             )));
         }
-
-        let state_name = self.token.state_secret_name();
-        let mut state_secret = self
-            .secrets
-            .get_opt(&state_name)
-            .await
-            .map_err(Error::ReadInputs)?;
-        if let Some(existing) = &state_secret
-            && !controlled_by(existing, self.token)
-        {
-            return Ok(Outcome::conflict(format!(
-                "Secret {state_name} exists and is not controlled by this OAuthToken; the operator keeps the refresh token there, so rename or delete that Secret"
-            )));
-        }
-        let mut state = state_secret
-            .as_ref()
-            .map(TokenState::from_secret)
-            .unwrap_or_default();
-
-        // A token obtained earlier whose write failed is the newest link of the chain: write it
-        // before anything else, and never present the older refresh token again.
-        if let Some(parked) = self.ctx.take_parked(&self.ctx.key(self.token)) {
-            info!("writing a token state whose earlier write failed");
-            state = parked;
-            state_secret = Some(self.write_state(state_secret, &state).await?);
-        }
-
         let client = match self.client_credentials(&settings).await? {
             Ok(client) => client,
             Err(message) => return Ok(Outcome::invalid_spec(message)),
         };
+        let binding = settings.binding(&client.client_id);
 
         let mut imported = false;
         if let GrantSettings::RefreshToken { import } = &settings.grant {
@@ -160,193 +171,316 @@ impl Run<'_> {
                 .await
                 .map_err(Error::ReadInputs)?;
             let offered = source.as_ref().and_then(|s| secret_text(s, &import.key));
+            // What was imported last: from the state Secret, or, when that is gone, from status.
+            let known = chain
+                .state
+                .imported_fingerprint
+                .clone()
+                .or_else(|| self.previous.imported_refresh_token_sha256.clone());
+            let state_lost = chain.state.refresh_token.is_none()
+                && self.previous.imported_refresh_token_sha256.is_some();
             match offered {
-                Some(value) => {
+                Some(value) if Some(fingerprint(&value)) != known => {
+                    info!(secret = import.secret, "importing a new refresh token");
                     let offered_fingerprint = fingerprint(&value);
-                    if state.imported_fingerprint.as_deref() != Some(offered_fingerprint.as_str()) {
-                        info!(secret = import.secret, "importing a new refresh token");
-                        state.refresh_token = Some(SecretString::from(value));
-                        state.imported_fingerprint = Some(offered_fingerprint);
-                        state_secret = Some(self.write_state(state_secret, &state).await?);
-                        imported = true;
-                    }
+                    chain
+                        .import(
+                            SecretString::from(value),
+                            offered_fingerprint,
+                            binding.clone(),
+                        )
+                        .await?;
+                    imported = true;
                 }
-                None if state.refresh_token.is_none() => {
+                _ if state_lost => {
+                    warn!(
+                        "the state Secret is gone and the import Secret holds a used-up refresh token"
+                    );
+                    self.publish(&settings, target.as_ref(), &chain.state)
+                        .await?;
+                    return Ok(Outcome::ChainDead {
+                        reason: reason::STATE_LOST,
+                        message: format!(
+                            "The state Secret {} holding the refresh-token chain was deleted; the refresh token in Secret {} was used up long ago and is not presented again. Put a new refresh token in Secret {} key {}",
+                            self.token.state_secret_name(),
+                            import.secret,
+                            import.secret,
+                            import.key
+                        ),
+                        state: chain.state,
+                    });
+                }
+                None if chain.state.refresh_token.is_none() => {
                     return Ok(Outcome::invalid_spec(format!(
                         "waiting for Secret {} with key {} holding the refresh token from the one-time authorization",
                         import.secret, import.key
                     )));
                 }
-                None => {}
+                _ => {}
+            }
+            match chain.verdict(&binding) {
+                Verdict::Usable { .. } => {}
+                Verdict::Claimed { remaining } => {
+                    debug!(
+                        ?remaining,
+                        "another process holds a claim on the refresh token"
+                    );
+                    self.publish(&settings, target.as_ref(), &chain.state)
+                        .await?;
+                    let until = self.now
+                        + chrono::TimeDelta::from_std(remaining).unwrap_or(chrono::TimeDelta::MAX);
+                    return Ok(Outcome::Waiting {
+                        state: chain.state,
+                        until,
+                    });
+                }
+                Verdict::Dead { reason, message } => {
+                    self.publish(&settings, target.as_ref(), &chain.state)
+                        .await?;
+                    return Ok(Outcome::ChainDead {
+                        reason,
+                        message,
+                        state: chain.state,
+                    });
+                }
             }
         }
 
+        let request_fingerprint = settings.request_fingerprint(&client.client_id, &self.token.spec);
         let observed = Observed {
             now: self.now,
             imported,
-            spec_changed: state.access.is_some()
-                && self.previous.observed_generation.is_some()
-                && self.previous.observed_generation != self.token.metadata.generation,
-            token_refresh_at: state.access.as_ref().map(|a| a.refresh_at),
+            // A state from before request fingerprints were kept adopts the current spec.
+            spec_changed: chain.state.access.is_some()
+                && chain
+                    .state
+                    .request_fingerprint
+                    .as_ref()
+                    .is_some_and(|known| *known != request_fingerprint),
+            token_refresh_at: chain.state.access.as_ref().map(|a| a.refresh_at),
             retry_at: (self.previous.failed_attempts > 0)
                 .then_some(self.previous.next_refresh_at)
                 .flatten(),
         };
         let decision = schedule::decide(&observed);
         debug!(?decision, "refresh decision");
+        let inputs = Inputs {
+            settings: &settings,
+            client: &client,
+            target: target.as_ref(),
+            binding,
+            request_fingerprint,
+            imported,
+        };
         match decision {
             Decision::WaitUntil(until) => {
-                self.publish(&settings, target.as_ref(), &state).await?;
-                Ok(Outcome::Waiting { state, until })
+                self.publish(&settings, target.as_ref(), &chain.state)
+                    .await?;
+                Ok(Outcome::Waiting {
+                    state: chain.state,
+                    until,
+                })
             }
-            Decision::RefreshNow(reason) => {
-                self.refresh(
-                    &settings,
-                    &client,
-                    reason,
-                    state,
-                    state_secret,
-                    target,
-                    imported,
-                )
-                .await
+            Decision::RefreshNow(_) if !fencing.may_refresh() => {
+                // Leadership is gone or the process stops: another replica takes over.
+                self.publish(&settings, target.as_ref(), &chain.state)
+                    .await?;
+                Ok(Outcome::Waiting {
+                    state: chain.state,
+                    until: self.now + chrono::TimeDelta::seconds(5),
+                })
             }
+            Decision::RefreshNow(reason) => self.refresh(&inputs, reason, chain).await,
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn refresh(
         &self,
-        settings: &Settings,
-        client: &ClientCredentials,
+        inputs: &Inputs<'_>,
         reason: RefreshReason,
-        state: TokenState,
-        state_secret: Option<Secret>,
-        target: Option<Secret>,
-        imported: bool,
+        mut chain: Chain<'_>,
     ) -> Result<Outcome, Error> {
-        let grant = match (&settings.grant, &state.refresh_token) {
-            (GrantSettings::ClientCredentials, _) => GrantRequest::ClientCredentials,
-            (GrantSettings::RefreshToken { .. }, Some(refresh)) => {
-                GrantRequest::RefreshToken(refresh)
-            }
-            (GrantSettings::RefreshToken { import }, None) => {
-                return Ok(Outcome::invalid_spec(format!(
-                    "no refresh token: put one in Secret {} key {}",
-                    import.secret, import.key
-                )));
+        let spec = &self.token.spec;
+        let had_token = chain.state.access.is_some();
+        let (grant_token, held) = match &inputs.settings.grant {
+            GrantSettings::ClientCredentials => (None, None),
+            GrantSettings::RefreshToken { import } => {
+                let Some(refresh) = chain.state.refresh_token.clone() else {
+                    return Ok(Outcome::invalid_spec(format!(
+                        "no refresh token: put one in Secret {} key {}",
+                        import.secret, import.key
+                    )));
+                };
+                let attempt = match chain.verdict(&inputs.binding) {
+                    Verdict::Usable { attempt } => attempt,
+                    // Decided just before; a change since then is looked at on the next round.
+                    _ => return Err(Error::StateConflict),
+                };
+                let held = chain.claim(attempt).await?;
+                (Some(refresh), Some(held))
             }
         };
-        let spec = &self.token.spec;
+        let grant = match &grant_token {
+            Some(refresh) => GrantRequest::RefreshToken(refresh),
+            None => GrantRequest::ClientCredentials,
+        };
         let request = TokenRequest {
-            endpoint: &settings.endpoint,
-            client,
+            endpoint: &inputs.settings.endpoint,
+            client: inputs.client,
             grant,
             scopes: &spec.scopes,
             audience: spec.audience.as_deref(),
             extra_parameters: &spec.extra_parameters,
         };
-        info!(reason = reason.as_str(), "requesting a token");
+        let attempt = held.as_ref().map(HeldClaim::attempt).unwrap_or(1);
+        info!(reason = reason.as_str(), attempt, "requesting a token");
         let started = std::time::Instant::now();
-        let result = self.ctx.tokens.request(&request).await;
+        let result = match &held {
+            None => self.ctx.tokens.request(&request).await,
+            Some(claim) => match send_within(
+                claim.answer_deadline(),
+                self.ctx.tokens.timeout(),
+                self.ctx.tokens.request(&request),
+            )
+            .await
+            {
+                Sent::Answered(result) => result,
+                Sent::TooLate => Err(OAuthError::Timeout(self.ctx.tokens.timeout())),
+                Sent::NotSent => {
+                    warn!("the claim would run out before the request could finish; not sending");
+                    if let Some(held) = held {
+                        chain.release_unsent(held).await;
+                    }
+                    return Err(Error::StateConflict);
+                }
+            },
+        };
         let elapsed = started.elapsed();
         self.ctx.metrics.observe_request(&result, elapsed);
-        match result {
-            Ok(issued) => {
-                let response = issued.response;
-                let jwt_exp = jwt::expiry(response.access_token.expose_secret());
+        let presented = held.as_ref().map(|h| h.fingerprint().to_string());
+        let after_lost_answer = attempt > 1;
+
+        let issued = match result {
+            Ok(issued) => issued,
+            Err(error) => {
+                if let Some(held) = held {
+                    if error.http_status().is_some() {
+                        // A complete answer: the provider did not hand out a new token.
+                        let rejected = error.kind() == FailureKind::ReauthorizationRequired;
+                        chain.release_answered(held, rejected).await;
+                    } else if matches!(error, OAuthError::Connect) {
+                        chain.release_unsent(held).await;
+                    } else {
+                        warn!("no answer arrived; the provider may have rotated the refresh token");
+                        chain.release_lost(held).await;
+                    }
+                }
+                return self
+                    .failed(inputs, chain.state, error, after_lost_answer)
+                    .await;
+            }
+        };
+
+        // Salvage first: a refresh token in any 2xx answer is persisted before the rest of the
+        // answer is judged.
+        let mut next = chain.state.clone();
+        next.claim = None;
+        next.rejected_fingerprint = None;
+        if let Some(presented) = &presented {
+            next.binding = Some(inputs.binding.clone());
+            let rotated = issued
+                .refresh_token
+                .as_ref()
+                .is_some_and(|new| fingerprint(new.expose_secret()) != *presented);
+            next.rotates = Some(rotated || next.rotates == Some(true));
+        }
+        if let Some(refresh) = issued.refresh_token {
+            next.refresh_token = Some(refresh);
+        }
+        let access_error = match issued.access {
+            Ok(grant) => {
+                let jwt_exp = jwt::expiry(grant.access_token.expose_secret());
                 let (expires_at, source) = schedule::token_expiry(
                     issued.requested_at,
-                    response.expires_in,
+                    grant.expires_in,
                     jwt_exp,
-                    settings.default_lifetime,
+                    inputs.settings.default_lifetime,
                 );
                 let refresh_at = schedule::refresh_at(
                     issued.requested_at,
                     expires_at,
-                    settings.policy,
+                    inputs.settings.policy,
                     (self.ctx.jitter)(),
                 );
-                let had_token = state.access.is_some();
-                let rotated = response.refresh_token.is_some();
-                let mut next = state;
-                if let Some(refresh) = response.refresh_token {
-                    next.refresh_token = Some(refresh);
-                }
-                next.access = Some(AccessToken {
-                    token: response.access_token,
-                    token_type: response.token_type,
-                    scope: response.scope,
-                    issued_at: schedule::truncate_to_seconds(issued.requested_at),
-                    expires_at: schedule::truncate_to_seconds(expires_at),
-                    refresh_at,
-                });
                 info!(
-                    rotated,
+                    rotated = next.rotates == Some(true),
                     expiry_source = ?source,
                     %expires_at,
                     %refresh_at,
                     latency_ms = elapsed.as_millis() as u64,
                     "token issued"
                 );
-                self.write_state(state_secret, &next).await?;
-                self.publish(settings, target.as_ref(), &next).await?;
-                Ok(Outcome::Issued {
-                    state: next,
-                    had_token,
-                    imported,
-                })
+                next.access = Some(AccessToken {
+                    token: grant.access_token,
+                    token_type: grant.token_type,
+                    scope: grant.scope,
+                    issued_at: schedule::truncate_to_seconds(issued.requested_at),
+                    expires_at: schedule::truncate_to_seconds(expires_at),
+                    refresh_at,
+                });
+                next.request_fingerprint = Some(inputs.request_fingerprint.clone());
+                None
             }
-            Err(error) => {
-                let attempts = self.previous.failed_attempts.saturating_add(1);
-                let class = failure_class(&error);
-                let delay = schedule::failure_delay(
-                    class,
-                    attempts,
-                    error.retry_after(),
-                    (self.ctx.jitter)(),
-                );
-                let retry_at = schedule::truncate_to_seconds(self.now)
-                    + chrono::TimeDelta::from_std(delay).unwrap_or(chrono::TimeDelta::MAX);
-                warn!(
-                    category = error.category(),
-                    %error,
-                    attempts,
-                    %retry_at,
-                    "token request failed"
-                );
-                // The published token stays while it is valid: a failed refresh removes nothing.
-                self.publish(settings, target.as_ref(), &state).await?;
-                Ok(Outcome::Failed {
-                    state,
-                    error,
-                    attempts,
-                    retry_at,
-                    imported,
-                })
-            }
+            Err(error) => Some(error),
+        };
+        match chain.commit(presented.as_deref(), next).await? {
+            Committed::Superseded => return Ok(Outcome::Superseded),
+            Committed::Stored | Committed::AlreadyThere => {}
         }
+        if let Some(error) = access_error {
+            return self.failed(inputs, chain.state, error, false).await;
+        }
+        self.publish(inputs.settings, inputs.target, &chain.state)
+            .await?;
+        Ok(Outcome::Issued {
+            state: chain.state,
+            had_token,
+            imported: inputs.imported,
+        })
     }
 
-    /// Writes the state, parking it in memory when the write keeps failing.
-    async fn write_state(
+    /// A failed token request: backoff from status, the published token kept while valid.
+    async fn failed(
         &self,
-        current: Option<Secret>,
-        state: &TokenState,
-    ) -> Result<Secret, Error> {
-        match secrets::write_state(self.secrets, self.token, current, state).await {
-            Ok(written) => {
-                info!(
-                    has_refresh_token = state.refresh_token.is_some(),
-                    "persisted the token state"
-                );
-                Ok(written)
-            }
-            Err(error) => {
-                self.ctx.park(self.ctx.key(self.token), state.clone());
-                Err(Error::PersistState(error))
-            }
-        }
+        inputs: &Inputs<'_>,
+        state: TokenState,
+        error: OAuthError,
+        after_lost_answer: bool,
+    ) -> Result<Outcome, Error> {
+        let attempts = self.previous.failed_attempts.saturating_add(1);
+        let class = failure_class(&error);
+        let delay =
+            schedule::failure_delay(class, attempts, error.retry_after(), (self.ctx.jitter)());
+        let retry_at = schedule::truncate_to_seconds(self.now)
+            .checked_add_signed(chrono::TimeDelta::from_std(delay).unwrap_or_default())
+            .unwrap_or(self.now);
+        warn!(
+            category = error.category(),
+            %error,
+            attempts,
+            %retry_at,
+            "token request failed"
+        );
+        // The published token stays while it is valid: a failed refresh removes nothing.
+        self.publish(inputs.settings, inputs.target, &state).await?;
+        Ok(Outcome::Failed {
+            state,
+            error,
+            attempts,
+            retry_at,
+            imported: inputs.imported,
+            after_lost_answer,
+        })
     }
 
     async fn publish(
@@ -493,9 +627,21 @@ async fn publish_events(
                 ));
             }
         }
-        Outcome::Blocked { reason, message } => {
+        Outcome::Blocked { reason, message }
+        | Outcome::ChainDead {
+            reason, message, ..
+        } => {
             if previous_reason.as_deref() != Some(*reason) {
                 events.push((EventType::Warning, *reason, message.clone()));
+            }
+        }
+        Outcome::Superseded => {
+            if previous_reason.as_deref() != Some(reason::CHAIN_CONFLICT) {
+                events.push((
+                    EventType::Warning,
+                    reason::CHAIN_CONFLICT,
+                    "Another process stored a different refresh token while this one was refreshing; its answer was discarded".to_string(),
+                ));
             }
         }
         Outcome::Waiting { .. } => {}

@@ -5,7 +5,6 @@
 //! apply.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -13,7 +12,6 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::core::ObjectMeta;
 use kube::{Api, Resource, ResourceExt};
 use secrecy::{ExposeSecret, SecretString};
-use tracing::{debug, warn};
 
 use super::state::{TokenState, rfc3339};
 use crate::api::{
@@ -23,10 +21,6 @@ use crate::api::{
 
 /// Field manager for every server-side apply this operator makes.
 pub const FIELD_MANAGER: &str = "oauth-token-operator";
-
-/// How often a state write is retried within one reconcile before the new state is parked in
-/// memory for the next attempt.
-const STATE_WRITE_ATTEMPTS: u32 = 5;
 
 /// True when `secret` is controlled by `token` (a controller owner reference to its uid).
 pub fn controlled_by(secret: &Secret, token: &OAuthToken) -> bool {
@@ -78,63 +72,35 @@ pub fn secret_text(secret: &Secret, key: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-/// Writes the state Secret, creating it or replacing it under a resourceVersion precondition.
-///
-/// On a conflict the Secret is read again and the write repeated: the state in hand holds the
-/// newest refresh token this operator has seen, and losing it would break the chain. Transient
-/// API errors are retried a few times with a short backoff before giving up.
+/// Writes the state Secret once: creates it, or replaces it under the resourceVersion of
+/// `current` (compare-and-swap). Conflicts are the caller's to judge: see `chain::Chain`.
 pub async fn write_state(
     secrets: &Api<Secret>,
     token: &OAuthToken,
-    current: Option<Secret>,
-    state: &TokenState,
+    current: Option<&Secret>,
+    data: &BTreeMap<String, ByteString>,
 ) -> Result<Secret, kube::Error> {
     let name = token.state_secret_name();
-    let mut current = current;
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let mut secret = Secret {
-            metadata: owned_metadata(token, &name, ROLE_STATE),
-            data: Some(state.to_data()),
-            type_: Some("Opaque".to_string()),
-            ..Secret::default()
-        };
-        let result = match &current {
-            None => secrets.create(&PostParams::default(), &secret).await,
-            Some(existing) => {
-                secret.metadata.resource_version = existing.resource_version();
-                secrets
-                    .replace(&name, &PostParams::default(), &secret)
-                    .await
-            }
-        };
-        match result {
-            Ok(written) => return Ok(written),
-            Err(error) if attempt >= STATE_WRITE_ATTEMPTS => return Err(error),
-            Err(kube::Error::Api(response)) if response.code == 409 || response.code == 404 => {
-                debug!(
-                    secret = name,
-                    code = response.code,
-                    "state Secret changed underneath, reading it again"
-                );
-                current = secrets.get_opt(&name).await?;
-                if let Some(existing) = &current
-                    && !controlled_by(existing, token)
-                {
-                    warn!(
-                        secret = name,
-                        "state Secret is no longer controlled by this OAuthToken"
-                    );
-                    return Err(kube::Error::Api(response));
-                }
-            }
-            Err(error) => {
-                warn!(secret = name, attempt, %error, "writing the state Secret failed, retrying");
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-            }
+    let mut secret = Secret {
+        metadata: owned_metadata(token, &name, ROLE_STATE),
+        data: Some(data.clone()),
+        type_: Some("Opaque".to_string()),
+        ..Secret::default()
+    };
+    match current {
+        None => secrets.create(&PostParams::default(), &secret).await,
+        Some(existing) => {
+            secret.metadata.resource_version = existing.resource_version();
+            secrets
+                .replace(&name, &PostParams::default(), &secret)
+                .await
         }
     }
+}
+
+/// Whether a write failed because the object changed (409) or vanished (404) since it was read.
+pub fn is_conflict(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(response) if response.code == 409 || response.code == 404)
 }
 
 /// The data pods see: the access token, its type and expiry, and the refresh token only when

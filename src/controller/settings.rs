@@ -4,9 +4,10 @@ use std::time::Duration;
 
 use url::Url;
 
+use super::state::{Binding, fingerprint};
 use crate::api::{
     ClientAuthentication, DEFAULT_CLIENT_ID_KEY, DEFAULT_CLIENT_SECRET_KEY,
-    DEFAULT_REFRESH_TOKEN_KEY, OAuthToken,
+    DEFAULT_REFRESH_TOKEN_KEY, OAuthToken, OAuthTokenSpec,
 };
 use crate::oauth::{AuthMethod, TokenClient};
 use crate::schedule::{RefreshPolicy, parse_duration};
@@ -49,6 +50,34 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Where a refresh token used with these settings goes: the endpoint's origin (scheme, host,
+    /// port) and the client id.
+    pub fn binding(&self, client_id: &str) -> Binding {
+        Binding {
+            origin: self.endpoint.origin().ascii_serialization(),
+            client_id: client_id.to_string(),
+        }
+    }
+
+    /// Fingerprint of everything that shapes the token request; an edit that changes it asks
+    /// for a new token, others (secretName, refresh timing, ...) do not.
+    pub fn request_fingerprint(&self, client_id: &str, spec: &OAuthTokenSpec) -> String {
+        let grant = match &self.grant {
+            GrantSettings::RefreshToken { .. } => "refresh_token",
+            GrantSettings::ClientCredentials => "client_credentials",
+        };
+        let shape = serde_json::json!({
+            "endpoint": self.endpoint.as_str(),
+            "method": format!("{:?}", self.client.method),
+            "clientId": client_id,
+            "grant": grant,
+            "scopes": spec.scopes,
+            "audience": spec.audience,
+            "extraParameters": spec.extra_parameters,
+        });
+        fingerprint(&shape.to_string())
+    }
+
     /// Names of every Secret the spec references as input.
     pub fn referenced_secrets(&self) -> Vec<&str> {
         let mut names: Vec<&str> = [&self.client.id_key, &self.client.secret_key]
@@ -174,6 +203,11 @@ pub fn resolve(token: &OAuthToken, token_client: &TokenClient) -> Result<Setting
 
     let target_secret = token.target_secret_name();
     check_secret_name("spec.secretName", &target_secret)?;
+    if target_secret == token.state_secret_name() {
+        return Err(format!(
+            "spec.secretName: {target_secret:?} is the operator-only Secret that keeps the refresh token; pods must not mount it, choose another name"
+        ));
+    }
 
     Ok(Settings {
         endpoint,
@@ -346,5 +380,51 @@ mod tests {
         let mut bad = spec();
         bad.secret_name = Some("Bad_Name".into());
         assert!(resolve_spec(bad).unwrap_err().contains("spec.secretName"));
+        let mut state = spec();
+        state.secret_name = Some("allegro-oauth-state".into());
+        assert!(
+            resolve_spec(state)
+                .unwrap_err()
+                .contains("operator-only Secret")
+        );
+    }
+
+    #[test]
+    fn only_what_changes_the_token_request_changes_its_fingerprint() {
+        let base = resolve_spec(spec()).unwrap();
+        let fingerprint =
+            |settings: &Settings, spec: &OAuthTokenSpec| settings.request_fingerprint("app", spec);
+        let original = fingerprint(&base, &spec());
+        let mut cosmetic = spec();
+        cosmetic.secret_name = Some("other".into());
+        cosmetic.refresh_before = Some("10m".into());
+        cosmetic.publish_refresh_token = true;
+        cosmetic.default_token_lifetime = Some("2h".into());
+        assert_eq!(
+            fingerprint(&resolve_spec(cosmetic.clone()).unwrap(), &cosmetic),
+            original
+        );
+        assert_ne!(base.request_fingerprint("other-client", &spec()), original);
+        let mut scoped = spec();
+        scoped.scopes = vec!["read".into()];
+        assert_ne!(fingerprint(&base, &scoped), original);
+        let mut moved = spec();
+        moved.token_endpoint = "https://idp.test/oauth2/token".into();
+        assert_ne!(
+            fingerprint(&resolve_spec(moved.clone()).unwrap(), &moved),
+            original
+        );
+    }
+
+    #[test]
+    fn the_binding_is_origin_and_client() {
+        let mut custom_port = spec();
+        custom_port.token_endpoint = "https://idp.test:8443/a/token".into();
+        let settings = resolve_spec(custom_port).unwrap();
+        let binding = settings.binding("app");
+        assert_eq!(binding.origin, "https://idp.test:8443");
+        assert_eq!(binding.client_id, "app");
+        let default_port = resolve_spec(spec()).unwrap().binding("app");
+        assert_eq!(default_port.origin, "https://idp.test");
     }
 }

@@ -20,6 +20,12 @@ const SCOPE: &str = "scope";
 const ISSUED_AT: &str = "issued_at";
 const EXPIRES_AT: &str = "expires_at";
 const REFRESH_AT: &str = "refresh_at";
+const CLAIM: &str = "claim";
+const BOUND_ORIGIN: &str = "bound_origin";
+const BOUND_CLIENT_ID: &str = "bound_client_id";
+const REJECTED_SHA256: &str = "rejected_refresh_token_sha256";
+const REQUEST_SHA256: &str = "request_sha256";
+const ROTATES: &str = "provider_rotates_refresh_tokens";
 
 /// What the state Secret holds.
 #[derive(Clone, Default)]
@@ -30,6 +36,47 @@ pub struct TokenState {
     /// without keeping a second copy of the value.
     pub imported_fingerprint: Option<String>,
     pub access: Option<AccessToken>,
+    /// A presentation of the refresh token that may be in flight, or whose answer was lost.
+    pub claim: Option<Claim>,
+    /// Where the refresh token may be sent: the token endpoint origin and client id it was
+    /// imported for.
+    pub binding: Option<Binding>,
+    /// Fingerprint of a refresh token the provider rejected (`invalid_grant`); it is never
+    /// presented again.
+    pub rejected_fingerprint: Option<String>,
+    /// Fingerprint of the token request (endpoint, client, grant, scopes, audience, extra
+    /// parameters) the access token was issued for; a spec edit that changes it asks again.
+    pub request_fingerprint: Option<String>,
+    /// Whether the provider answered a refresh with a different refresh token; `None` until a
+    /// refresh succeeded.
+    pub rotates: Option<bool>,
+}
+
+/// A process's claim to present one refresh token, recorded with a resourceVersion
+/// precondition before the request is sent. Another process that finds it waits it out on its
+/// own clock before doing anything with the chain.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Claim {
+    /// The process that presents the token (its identity and a per-process nonce).
+    pub holder: String,
+    /// Fingerprint of the refresh token being presented.
+    pub fingerprint: String,
+    /// How long the claim lasts, measured by whoever sees it from when it first saw it.
+    pub ttl_seconds: u64,
+    /// Presentations of this refresh token whose answer never arrived, this one included.
+    pub attempt: u32,
+    /// The holder knows the answer was lost (a timeout); nobody needs to wait for it.
+    #[serde(default)]
+    pub lost: bool,
+}
+
+/// The token endpoint origin and client a refresh-token chain belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    /// Scheme, host and port of the token endpoint, e.g. `https://allegro.pl:443`.
+    pub origin: String,
+    pub client_id: String,
 }
 
 /// The last access token obtained.
@@ -50,6 +97,11 @@ impl std::fmt::Debug for TokenState {
             .field("has_refresh_token", &self.refresh_token.is_some())
             .field("imported_fingerprint", &self.imported_fingerprint)
             .field("access", &self.access)
+            .field("claim", &self.claim)
+            .field("binding", &self.binding)
+            .field("rejected_fingerprint", &self.rejected_fingerprint)
+            .field("request_fingerprint", &self.request_fingerprint)
+            .field("rotates", &self.rotates)
             .finish()
     }
 }
@@ -107,10 +159,29 @@ impl TokenState {
             }
             _ => None,
         };
+        let binding = match (text(BOUND_ORIGIN), text(BOUND_CLIENT_ID)) {
+            (Some(origin), Some(client_id)) => Some(Binding { origin, client_id }),
+            _ => None,
+        };
         TokenState {
             refresh_token: text(REFRESH_TOKEN).map(SecretString::from),
             imported_fingerprint: text(IMPORTED_SHA256),
             access,
+            // An unreadable claim is treated as a lost answer by whoever reads it next: see
+            // `Chain`. Dropping it silently would allow a second presentation in flight.
+            claim: text(CLAIM).map(|raw| {
+                serde_json::from_str(&raw).unwrap_or_else(|_| Claim {
+                    holder: "(unreadable claim)".to_string(),
+                    fingerprint: String::new(),
+                    ttl_seconds: 0,
+                    attempt: 1,
+                    lost: true,
+                })
+            }),
+            binding,
+            rejected_fingerprint: text(REJECTED_SHA256),
+            request_fingerprint: text(REQUEST_SHA256),
+            rotates: text(ROTATES).and_then(|v| v.parse().ok()),
         }
     }
 
@@ -126,6 +197,22 @@ impl TokenState {
         if let Some(fingerprint) = &self.imported_fingerprint {
             put(IMPORTED_SHA256, fingerprint);
         }
+        if let Some(claim) = &self.claim {
+            put(CLAIM, &serde_json::to_string(claim).unwrap_or_default());
+        }
+        if let Some(binding) = &self.binding {
+            put(BOUND_ORIGIN, &binding.origin);
+            put(BOUND_CLIENT_ID, &binding.client_id);
+        }
+        if let Some(rejected) = &self.rejected_fingerprint {
+            put(REJECTED_SHA256, rejected);
+        }
+        if let Some(request) = &self.request_fingerprint {
+            put(REQUEST_SHA256, request);
+        }
+        if let Some(rotates) = self.rotates {
+            put(ROTATES, &rotates.to_string());
+        }
         if let Some(access) = &self.access {
             put(ACCESS_TOKEN, access.token.expose_secret());
             put(TOKEN_TYPE, &access.token_type);
@@ -137,6 +224,13 @@ impl TokenState {
             put(REFRESH_AT, &rfc3339(access.refresh_at));
         }
         data
+    }
+
+    /// Fingerprint of the current refresh token.
+    pub fn refresh_fingerprint(&self) -> Option<String> {
+        self.refresh_token
+            .as_ref()
+            .map(|t| fingerprint(t.expose_secret()))
     }
 
     /// The access token, if it has not expired at `now`.
@@ -169,6 +263,20 @@ mod tests {
                 expires_at: at(3600),
                 refresh_at: at(2400),
             }),
+            claim: Some(Claim {
+                holder: "pod-a/1234".into(),
+                fingerprint: fingerprint("rt"),
+                ttl_seconds: 40,
+                attempt: 2,
+                lost: true,
+            }),
+            binding: Some(Binding {
+                origin: "https://idp.test:443".into(),
+                client_id: "app".into(),
+            }),
+            rejected_fingerprint: Some(fingerprint("old")),
+            request_fingerprint: Some(fingerprint("request")),
+            rotates: Some(true),
         };
         let secret = Secret {
             data: Some(state.to_data()),
@@ -182,6 +290,23 @@ mod tests {
         assert_eq!(access.expires_at, at(3600));
         assert_eq!(access.refresh_at, at(2400));
         assert_eq!(access.scope.as_deref(), Some("a b"));
+        assert_eq!(read.claim, state.claim);
+        assert_eq!(read.binding, state.binding);
+        assert_eq!(read.rejected_fingerprint, state.rejected_fingerprint);
+        assert_eq!(read.request_fingerprint, state.request_fingerprint);
+        assert_eq!(read.rotates, Some(true));
+    }
+
+    #[test]
+    fn an_unreadable_claim_reads_as_a_lost_answer_not_as_no_claim() {
+        let data = BTreeMap::from([(CLAIM.to_string(), ByteString(b"{not json".to_vec()))]);
+        let secret = Secret {
+            data: Some(data),
+            ..Secret::default()
+        };
+        let claim = TokenState::from_secret(&secret).claim.unwrap();
+        assert!(claim.lost);
+        assert_eq!(claim.attempt, 1);
     }
 
     #[test]

@@ -33,10 +33,33 @@ pub enum Outcome {
         attempts: u32,
         retry_at: DateTime<Utc>,
         imported: bool,
+        /// The answer to an earlier presentation of the same refresh token was lost.
+        after_lost_answer: bool,
     },
+    /// The refresh token must not be presented again: a human must authorize anew. The
+    /// published access token stays until it expires.
+    ChainDead {
+        reason: &'static str,
+        message: String,
+        state: TokenState,
+    },
+    /// Another process stored a different refresh token while this one was refreshing; its
+    /// answer was discarded. The next reconcile continues from the stored chain.
+    Superseded,
 }
 
 impl Outcome {
+    /// The chain this outcome leaves, when one was read.
+    pub fn state(&self) -> Option<&TokenState> {
+        match self {
+            Outcome::Issued { state, .. }
+            | Outcome::Waiting { state, .. }
+            | Outcome::Failed { state, .. }
+            | Outcome::ChainDead { state, .. } => Some(state),
+            Outcome::Blocked { .. } | Outcome::Superseded => None,
+        }
+    }
+
     pub fn invalid_spec(message: String) -> Outcome {
         Outcome::Blocked {
             reason: reason::INVALID_SPEC,
@@ -115,12 +138,40 @@ pub fn desired(
             }
             next.next_refresh_at = Some(*until);
         }
+        Outcome::ChainDead {
+            reason: why,
+            message,
+            state,
+        } => {
+            record_token(&mut next, state);
+            next.next_refresh_at = None;
+            // The failure that killed the chain said more (an earlier lost answer, say) than a
+            // later look at the dead chain can: keep its message.
+            let message = match conditions::get(&next.conditions, REAUTHORIZATION_REQUIRED) {
+                Some(existing) if existing.status == TRUE && existing.reason == *why => {
+                    existing.message.clone()
+                }
+                _ => message.clone(),
+            };
+            set(&mut next, READY, FALSE, why, message.clone());
+            set(&mut next, REAUTHORIZATION_REQUIRED, TRUE, why, message);
+        }
+        Outcome::Superseded => {
+            set(
+                &mut next,
+                READY,
+                FALSE,
+                reason::CHAIN_CONFLICT,
+                "Another process stored a different refresh token while this one was refreshing; its answer was discarded and the stored chain is used".to_string(),
+            );
+        }
         Outcome::Failed {
             state,
             error,
             attempts,
             retry_at,
             imported,
+            after_lost_answer,
         } => {
             next.failed_attempts = *attempts;
             next.last_failure_at = Some(truncate_to_seconds(now));
@@ -131,8 +182,13 @@ pub fn desired(
             let still_valid = state.valid_access(now).is_some();
             match error.kind() {
                 FailureKind::ReauthorizationRequired => {
+                    let lost = if *after_lost_answer {
+                        ". The answer to an earlier presentation of this refresh token was lost, so the provider had probably rotated it already"
+                    } else {
+                        ""
+                    };
                     let message = format!(
-                        "{error}. A human must authorize again and put the new refresh token in the import Secret"
+                        "{error}{lost}. A human must authorize again and put the new refresh token in the import Secret"
                     );
                     set(
                         &mut next,

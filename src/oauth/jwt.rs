@@ -6,7 +6,10 @@
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 
-/// The `exp` claim of a JWS compact-serialised token, if the token is one and has it.
+/// The `exp` claim of a JWS compact-serialised token, if the token is one and has a numeric one.
+///
+/// An `exp` outside chrono's range saturates to its limits (the far future or the far past);
+/// callers clamp the lifetime.
 pub fn expiry(token: &str) -> Option<DateTime<Utc>> {
     let mut parts = token.split('.');
     let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
@@ -18,8 +21,15 @@ pub fn expiry(token: &str) -> Option<DateTime<Utc>> {
         .ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     let exp = claims.get("exp")?;
+    // Float to integer casts saturate; JSON has no NaN.
     let seconds = exp.as_i64().or_else(|| exp.as_f64().map(|f| f as i64))?;
-    DateTime::from_timestamp(seconds, 0)
+    Some(
+        DateTime::from_timestamp(seconds, 0).unwrap_or(if seconds > 0 {
+            DateTime::<Utc>::MAX_UTC
+        } else {
+            DateTime::<Utc>::MIN_UTC
+        }),
+    )
 }
 
 #[cfg(test)]
@@ -48,5 +58,33 @@ mod tests {
         assert_eq!(expiry(&jwt(r#"{"exp":"tomorrow"}"#)), None);
         assert_eq!(expiry("a.!!!.c"), None);
         assert_eq!(expiry("a.b.c.d.e"), None);
+        assert_eq!(expiry(""), None);
+        assert_eq!(expiry(".."), None);
+        assert_eq!(expiry("a.+/==.c"), None);
+        assert_eq!(expiry("a.\u{e9}\u{1f600}.c"), None);
+        assert_eq!(expiry(&jwt(r#"{"exp":null}"#)), None);
+        assert_eq!(expiry(&jwt(r#"{"exp":[1]}"#)), None);
+        assert_eq!(expiry(&jwt(r#"{"exp":1e999}"#)), None);
+        assert_eq!(expiry(&jwt("[1,2]")), None);
+        assert_eq!(expiry(&jwt("not json")), None);
+    }
+
+    #[test]
+    fn odd_exp_values_saturate_instead_of_panicking() {
+        let max = Some(DateTime::<Utc>::MAX_UTC);
+        let min = Some(DateTime::<Utc>::MIN_UTC);
+        assert_eq!(expiry(&jwt(r#"{"exp":9223372036854775807}"#)), max);
+        assert_eq!(expiry(&jwt(r#"{"exp":18446744073709551615}"#)), max);
+        assert_eq!(expiry(&jwt(r#"{"exp":1e300}"#)), max);
+        assert_eq!(expiry(&jwt(r#"{"exp":-9223372036854775808}"#)), min);
+        assert_eq!(expiry(&jwt(r#"{"exp":-1e300}"#)), min);
+        assert_eq!(
+            expiry(&jwt(r#"{"exp":1700000000.9}"#)),
+            DateTime::from_timestamp(1_700_000_000, 0)
+        );
+        assert_eq!(
+            expiry(&jwt(r#"{"exp":-1}"#)),
+            DateTime::from_timestamp(-1, 0)
+        );
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use base64::Engine as _;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
@@ -15,7 +15,7 @@ pub mod jwt;
 mod response;
 
 pub use error::{ErrorCode, FailureKind, MAX_RETRY_AFTER, OAuthError, parse_retry_after};
-pub use response::TokenResponse;
+pub use response::{AccessGrant, Issued, MAX_TOKEN_LIFETIME};
 
 /// Largest token endpoint response read; anything longer is refused before it is parsed.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
@@ -102,15 +102,6 @@ pub struct TokenClient {
     options: ClientOptions,
 }
 
-/// A successful answer, with the moment the request was sent (the start of the token's life).
-#[derive(Debug)]
-pub struct Issued {
-    pub response: TokenResponse,
-    pub requested_at: DateTime<Utc>,
-    /// The 2xx status the endpoint answered with.
-    pub status: u16,
-}
-
 impl TokenClient {
     pub fn new(options: ClientOptions) -> Result<TokenClient, reqwest::Error> {
         let http = reqwest::Client::builder()
@@ -120,6 +111,11 @@ impl TokenClient {
             .user_agent(concat!("oauth-token-operator/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(TokenClient { http, options })
+    }
+
+    /// The limit of one token request, connection included.
+    pub fn timeout(&self) -> Duration {
+        self.options.timeout
     }
 
     /// Checks that a token endpoint URL may be used with these options.
@@ -149,6 +145,9 @@ impl TokenClient {
     }
 
     /// Sends one token request and classifies the answer.
+    ///
+    /// `Ok` for every 2xx JSON object, whatever its Content-Type, even one without a usable
+    /// access token (see [`Issued::access`]), so that a rotated refresh token is never lost.
     pub async fn request(&self, request: &TokenRequest<'_>) -> Result<Issued, OAuthError> {
         let endpoint = self.check_endpoint(request.endpoint.as_str())?;
         let form = form_body(request);
@@ -186,12 +185,7 @@ impl TokenClient {
             });
         }
         let body = self.read_limited(response).await?;
-        let response = response::classify(status, retry_after, &body)?;
-        Ok(Issued {
-            response,
-            requested_at,
-            status,
-        })
+        response::classify(status, retry_after, &body, requested_at)
     }
 
     async fn read_limited(&self, mut response: reqwest::Response) -> Result<Vec<u8>, OAuthError> {

@@ -26,6 +26,8 @@ pub enum Answer {
     },
     /// Answer after this delay (for timeouts), then issue.
     Slow(Duration),
+    /// Answer 200 with exactly this JSON body.
+    Raw(serde_json::Value),
 }
 
 #[derive(Default)]
@@ -93,7 +95,7 @@ async fn answer(state: &Arc<Mutex<State>>, body: &str) -> Response {
         });
         let next = state.script.pop_front();
         let default = state.default_expires_in;
-        if !matches!(next, Some(Answer::Fail { .. })) {
+        if !matches!(next, Some(Answer::Fail { .. } | Answer::Raw(_))) {
             state.issued += 1;
         }
         (next, state.issued, default)
@@ -111,6 +113,7 @@ async fn answer(state: &Arc<Mutex<State>>, body: &str) -> Response {
     match next {
         None => issue(expires_in),
         Some(Answer::Issue { expires_in }) => issue(expires_in),
+        Some(Answer::Raw(body)) => (StatusCode::OK, axum::Json(body)).into_response(),
         Some(Answer::Slow(delay)) => {
             tokio::time::sleep(delay).await;
             issue(expires_in)

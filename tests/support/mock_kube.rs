@@ -84,6 +84,12 @@ impl MockApi {
     }
 
     /// The next request with this method whose path ends with `path_suffix` fails with `status`.
+    /// Lets the next matching request through; queued before `fail_next` it aims the fault
+    /// at a later request.
+    pub fn pass_next(&self, method: Method, path_suffix: &str) {
+        self.fail_next(method, path_suffix, 0);
+    }
+
     pub fn fail_next(&self, method: Method, path_suffix: &str, status: u16) {
         self.inner
             .lock()
@@ -147,7 +153,10 @@ impl MockApi {
             .position(|(m, suffix, _)| *m == method && path.ends_with(suffix.as_str()))
         {
             let (_, _, status) = inner.faults.remove(position).unwrap();
-            return status_response(status, "injected fault");
+            // Status 0 lets one matching request through, so later ones can be made to fail.
+            if status != 0 {
+                return status_response(status, "injected fault");
+            }
         }
         match method {
             Method::GET => match inner.objects.get(&path) {
