@@ -587,3 +587,173 @@ async fn e2e_two_replicas_never_refresh_twice_and_hand_over() {
     first.assert_no_secret_in_logs(&secrets);
     second.assert_no_secret_in_logs(&secrets);
 }
+
+/// Two operators without leader election (a misconfiguration, or a partition that leaves two
+/// leaders) reconcile the same rotating chains at once: the per-token claims keep every
+/// refresh token single-use.
+#[tokio::test]
+async fn e2e_two_operators_without_leader_election_never_reuse_a_refresh_token() {
+    let (env, provider, secrets) = setup("split-brain", 3).await;
+    let first = Operator::start_with(&env, &["--no-leader-election"]);
+    let second = Operator::start_with(&env, &["--no-leader-election"]);
+    let names = ["a", "b", "c"];
+    for name in names {
+        create_chain(&env, &provider, &secrets, name, BASIC_CLIENT, json!({})).await;
+    }
+    for name in names {
+        wait_for_new_token(&env, name, None, Duration::from_secs(20)).await;
+    }
+    let start = provider.stats().await.successes;
+    wait_for(
+        "refreshes with two operators",
+        Duration::from_secs(60),
+        || async { (provider.stats().await.successes >= start + 15).then_some(()) },
+    )
+    .await;
+    for name in names {
+        secrets.collect(&env, name, &format!("{name}-token")).await;
+        env.wait_for_condition(
+            name,
+            "Ready",
+            ("True", "TokenValid"),
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    let stats = provider.stats().await;
+    println!("two operators, no leader election: {stats:?}");
+    assert_eq!(stats.error("invalid_grant"), 0, "{stats:?}");
+    first.assert_no_secret_in_logs(&secrets);
+    second.assert_no_secret_in_logs(&secrets);
+}
+
+/// Someone deletes the state Secret by hand: the used-up refresh token in the import Secret is
+/// never presented again; the operator says what happened, keeps the published access token,
+/// and continues once a human authorizes again.
+#[tokio::test]
+async fn e2e_deleted_state_secret_is_reported_and_never_reimports() {
+    let (env, provider, secrets) = setup("state-lost", 4).await;
+    let operator = Operator::start(&env);
+    create_chain(&env, &provider, &secrets, "shop", BASIC_CLIENT, json!({})).await;
+    let mut token = wait_for_new_token(&env, "shop", None, Duration::from_secs(20)).await;
+    for _ in 0..2 {
+        token = wait_for_new_token(&env, "shop", Some(&token), Duration::from_secs(20)).await;
+    }
+    secrets.collect(&env, "shop", "shop-token").await;
+    env.secrets()
+        .delete("shop-oauth-state", &Default::default())
+        .await
+        .unwrap();
+    env.wait_for_condition(
+        "shop",
+        "ReauthorizationRequired",
+        ("True", "StateLost"),
+        Duration::from_secs(20),
+    )
+    .await;
+    let requests = provider.stats().await.grant_type("refresh_token");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let stats = provider.stats().await;
+    assert_eq!(
+        stats.grant_type("refresh_token"),
+        requests,
+        "no token request"
+    );
+    assert_eq!(stats.error("invalid_grant"), 0, "{stats:?}");
+    let published = env.secret_data("shop-token").await.unwrap();
+    assert_eq!(
+        published.get("access_token"),
+        Some(&token),
+        "kept until it expires"
+    );
+
+    // A human authorizes again.
+    let grant = provider.create_grant(BASIC_CLIENT.id, DEFAULT_SCOPE).await;
+    secrets.add(&grant.refresh_token);
+    env.apply_secret(
+        "shop-authorization",
+        &[("refresh_token", &grant.refresh_token)],
+    )
+    .await;
+    env.wait_for_condition(
+        "shop",
+        "Ready",
+        ("True", "TokenValid"),
+        Duration::from_secs(20),
+    )
+    .await;
+    wait_for_new_token(&env, "shop", Some(&token), Duration::from_secs(20)).await;
+    secrets.collect(&env, "shop", "shop-token").await;
+    assert_eq!(provider.stats().await.error("invalid_grant"), 0);
+    operator.assert_no_secret_in_logs(&secrets);
+}
+
+/// The leader freezes (SIGSTOP: a node stall, a VM migration) while its token request is in
+/// flight, for longer than the Lease. The standby takes the Lease but finds the leader's claim
+/// on the chain and waits it out; the old leader thaws, commits the answer within its claim,
+/// and the chain goes on with no refresh token presented twice.
+#[tokio::test]
+async fn e2e_frozen_leader_with_a_request_in_flight_loses_no_chain() {
+    let (env, provider, secrets) = setup("frozen", 30).await;
+    // Claims last the request timeout (5 s) plus 10 s; a 17 s freeze outlives the 15 s Lease
+    // and stays inside the claim measured by the standby.
+    let first = Operator::start_with(&env, &["--token-request-timeout", "20s"]);
+    create_chain(&env, &provider, &secrets, "shop", BASIC_CLIENT, json!({})).await;
+    let token = wait_for_new_token(&env, "shop", None, Duration::from_secs(20)).await;
+    let second = Operator::start_with(&env, &["--token-request-timeout", "20s"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The next refresh takes 3 s at the provider; the leader freezes right after sending it.
+    provider.delay_next(1, Duration::from_secs(3)).await;
+    let before = provider.stats().await.grant_type("refresh_token");
+    wait_for(
+        "the leader to send a refresh",
+        Duration::from_secs(30),
+        || async { (provider.stats().await.grant_type("refresh_token") > before).then_some(()) },
+    )
+    .await;
+    first.freeze();
+    wait_for(
+        "the standby to take the Lease",
+        Duration::from_secs(40),
+        || async {
+            second
+                .logs()
+                .iter()
+                .any(|l| l.contains("acquired leadership"))
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    first.thaw();
+    wait_for_new_token(&env, "shop", Some(&token), Duration::from_secs(60)).await;
+    // And the chain keeps rotating under the new leader.
+    let after = provider.stats().await.successes;
+    wait_for(
+        "a refresh by the new leader",
+        Duration::from_secs(60),
+        || async { (provider.stats().await.successes > after).then_some(()) },
+    )
+    .await;
+    secrets.collect(&env, "shop", "shop-token").await;
+    let stats = provider.stats().await;
+    println!("frozen leader: {stats:?}");
+    assert_eq!(stats.error("invalid_grant"), 0, "{stats:?}");
+    assert!(
+        second
+            .logs()
+            .iter()
+            .any(|l| l.contains("another process holds a claim")),
+        "the new leader met the frozen leader's claim"
+    );
+    env.wait_for_condition(
+        "shop",
+        "Ready",
+        ("True", "TokenValid"),
+        Duration::from_secs(10),
+    )
+    .await;
+    first.assert_no_secret_in_logs(&secrets);
+    second.assert_no_secret_in_logs(&secrets);
+}

@@ -380,7 +380,11 @@ function buildProvider(issuer) {
     };
 
     const fault = faults.shift();
-    if (fault) {
+    if (fault && fault.pass) {
+      // A slow but successful answer: the token is rotated only after the delay.
+      stats.faults_injected += 1;
+      await sleep(fault.delay_ms);
+    } else if (fault) {
       stats.faults_injected += 1;
       if (fault.delay_ms) await sleep(fault.delay_ms);
       if (fault.retry_after !== undefined) ctx.set('Retry-After', String(fault.retry_after));
@@ -541,6 +545,7 @@ async function handleAdmin(provider, req, res) {
         error: typeof body.error === 'string' ? body.error : undefined,
         retry_after: body.retry_after,
         delay_ms: Number.isInteger(body.delay_ms) && body.delay_ms > 0 ? body.delay_ms : 0,
+        pass: body.pass === true,
       };
       for (let i = 0; i < count; i += 1) faults.push({ ...fault });
       sendJson(res, 200, { pending: faults.length });

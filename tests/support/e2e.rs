@@ -212,8 +212,9 @@ impl Drop for Env {
             return;
         }
         // Clean up the namespace on a real cluster even when the test failed; the owned
-        // Secrets and OAuthTokens go with it.
-        let client = self.client.clone();
+        // Secrets and OAuthTokens go with it. The test's client is bound to the test's runtime,
+        // which this blocking drop holds up: a client of its own avoids the deadlock.
+        let kubeconfig = self.kubeconfig.clone();
         let namespace = self.namespace.clone();
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -221,6 +222,17 @@ impl Drop for Env {
                 .build()
                 .unwrap();
             runtime.block_on(async move {
+                let Ok(kubeconfig) = Kubeconfig::read_from(&kubeconfig) else {
+                    return;
+                };
+                let Ok(config) =
+                    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await
+                else {
+                    return;
+                };
+                let Ok(client) = Client::try_from(config) else {
+                    return;
+                };
                 let namespaces: Api<Namespace> = Api::all(client);
                 let _ = namespaces
                     .delete(&namespace, &DeleteParams::default())
@@ -387,6 +399,15 @@ impl Operator {
     }
 
     /// SIGKILL: no chance to finish anything.
+    /// Stops the process without its knowledge (SIGSTOP), as a node stall would.
+    pub fn freeze(&self) {
+        signal(self.pid(), "STOP");
+    }
+
+    pub fn thaw(&self) {
+        signal(self.pid(), "CONT");
+    }
+
     pub fn kill(&mut self) {
         let mut child = self.child.take().expect("running");
         child.kill().unwrap();

@@ -431,6 +431,21 @@ impl OidcProvider {
             .await;
     }
 
+    /// Delays the next `count` token requests by `delay`, then answers them normally.
+    pub async fn delay_next(&self, count: u32, delay: std::time::Duration) {
+        let _: serde_json::Value = self
+            .admin_json(
+                reqwest::Method::POST,
+                "/faults",
+                Some(serde_json::json!({
+                    "count": count,
+                    "pass": true,
+                    "delay_ms": delay.as_millis() as u64,
+                })),
+            )
+            .await;
+    }
+
     /// Drops all pending injected faults.
     pub async fn clear_faults(&self) {
         let _: serde_json::Value = self
