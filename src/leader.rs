@@ -199,23 +199,17 @@ pub async fn run_as_leader(
         _ = shutdown.cancelled() => return true,
     };
     context.fencing.resume_refreshing();
-    let controller_stop = CancellationToken::new();
-    let running = controller::run(context.clone(), namespaces, controller_stop.clone(), ready);
-    tokio::pin!(running);
-    let (lost, finished) = tokio::select! {
-        _ = &mut running => (false, true),
-        _ = shutdown.cancelled() => (false, false),
-        _ = leadership.lost() => {
-            tracing::error!("lost the leader lease; stopping so that another replica can lead");
-            (true, false)
+    let ended = async {
+        tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = leadership.lost() => {
+                tracing::error!("lost the leader lease; stopping so that another replica can lead");
+                true
+            }
         }
     };
-    let flushed = if finished {
-        context.fencing.stop_refreshing();
-        controller::flush_parked(&context, tokio::time::Instant::now() + grace).await
-    } else {
-        controller::stop(&context, running, controller_stop, grace).await
-    };
+    let (flushed, lost) = controller::run_until(context, namespaces, ready, grace, ended).await;
+    let lost = lost.unwrap_or(false);
     if flushed {
         leadership.release().await;
     } else {

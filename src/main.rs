@@ -180,16 +180,9 @@ async fn run_alone(
     grace: Duration,
     ready: Arc<AtomicBool>,
 ) -> bool {
-    let controller_stop = CancellationToken::new();
-    let running = controller::run(context.clone(), namespaces, controller_stop.clone(), ready);
-    tokio::pin!(running);
-    tokio::select! {
-        _ = &mut running => {
-            context.fencing.stop_refreshing();
-            controller::flush_parked(&context, tokio::time::Instant::now() + grace).await
-        }
-        _ = shutdown.cancelled() => controller::stop(&context, running, controller_stop, grace).await,
-    }
+    let (flushed, _) =
+        controller::run_until(context, namespaces, ready, grace, shutdown.cancelled()).await;
+    flushed
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

@@ -79,6 +79,25 @@ async fn wait_for_new_token(
     .await
 }
 
+/// A human authorizes again: a fresh grant's refresh token goes into the import Secret, and
+/// the OAuthToken becomes Ready.
+async fn reauthorize(env: &Env, provider: &OidcProvider, secrets: &SecretValues, name: &str) {
+    let grant = provider.create_grant(BASIC_CLIENT.id, DEFAULT_SCOPE).await;
+    secrets.add(&grant.refresh_token);
+    env.apply_secret(
+        &format!("{name}-authorization"),
+        &[("refresh_token", &grant.refresh_token)],
+    )
+    .await;
+    env.wait_for_condition(
+        name,
+        "Ready",
+        ("True", "TokenValid"),
+        Duration::from_secs(20),
+    )
+    .await;
+}
+
 async fn introspect(provider: &OidcProvider, client: Client, token: &str) -> Value {
     reqwest::Client::builder()
         .no_proxy()
@@ -440,20 +459,7 @@ async fn e2e_revoked_grant_needs_reauthorization_without_a_storm() {
         "no retry storm: {extra} token requests in a minute"
     );
 
-    let grant = provider.create_grant(BASIC_CLIENT.id, DEFAULT_SCOPE).await;
-    secrets.add(&grant.refresh_token);
-    env.apply_secret(
-        "shop-authorization",
-        &[("refresh_token", &grant.refresh_token)],
-    )
-    .await;
-    env.wait_for_condition(
-        "shop",
-        "Ready",
-        ("True", "TokenValid"),
-        Duration::from_secs(20),
-    )
-    .await;
+    reauthorize(&env, &provider, &secrets, "shop").await;
     assert_eq!(
         env.condition("shop", "ReauthorizationRequired").await,
         Some(("False".into(), "Authorized".into()))
@@ -668,20 +674,7 @@ async fn e2e_deleted_state_secret_is_reported_and_never_reimports() {
     );
 
     // A human authorizes again.
-    let grant = provider.create_grant(BASIC_CLIENT.id, DEFAULT_SCOPE).await;
-    secrets.add(&grant.refresh_token);
-    env.apply_secret(
-        "shop-authorization",
-        &[("refresh_token", &grant.refresh_token)],
-    )
-    .await;
-    env.wait_for_condition(
-        "shop",
-        "Ready",
-        ("True", "TokenValid"),
-        Duration::from_secs(20),
-    )
-    .await;
+    reauthorize(&env, &provider, &secrets, "shop").await;
     wait_for_new_token(&env, "shop", Some(&token), Duration::from_secs(20)).await;
     secrets.collect(&env, "shop", "shop-token").await;
     assert_eq!(provider.stats().await.error("invalid_grant"), 0);

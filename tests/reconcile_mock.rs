@@ -138,6 +138,16 @@ impl Fixture {
             .to_string()
     }
 
+    /// A human puts a new refresh token in the import Secret.
+    fn reauthorize(&self, refresh_token: &str) {
+        self.api.put(
+            &secret_path("allegro-authorization"),
+            json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "allegro-authorization", "namespace": NS},
+                   "data": {"refresh_token": b64(refresh_token)}}),
+        );
+    }
+
     /// Moves every scheduled attempt into the past, as if time had passed.
     fn make_due(&self) {
         let path = token_path("allegro");
@@ -564,12 +574,7 @@ async fn a_deleted_state_secret_never_reimports_a_used_refresh_token() {
         "the published access token stays until it expires"
     );
     // A human authorizes again.
-    f.api.put(
-        &secret_path("allegro-authorization"),
-        json!({"apiVersion": "v1", "kind": "Secret",
-               "metadata": {"name": "allegro-authorization", "namespace": NS},
-               "data": {"refresh_token": b64("rt-new")}}),
-    );
+    f.reauthorize("rt-new");
     f.reconcile().await.unwrap();
     assert_eq!(f.endpoint.presented(), vec!["rt-0", "rt-new"]);
     assert_eq!(f.condition("Ready"), ("True".into(), "TokenValid".into()));
@@ -721,12 +726,7 @@ async fn invalid_grant_asks_for_reauthorization_without_a_retry_storm() {
     assert_eq!(f.endpoint.requests(), 1, "no retry storm");
 
     // A human re-authorizes: the new refresh token is imported and used at once.
-    f.api.put(
-        &secret_path("allegro-authorization"),
-        json!({"apiVersion": "v1", "kind": "Secret",
-               "metadata": {"name": "allegro-authorization", "namespace": NS},
-               "data": {"refresh_token": b64("rt-new")}}),
-    );
+    f.reauthorize("rt-new");
     f.reconcile().await.unwrap();
     assert_eq!(f.endpoint.presented(), vec!["rt-0", "rt-new"]);
     assert_eq!(f.condition("Ready"), ("True".into(), "TokenValid".into()));

@@ -192,6 +192,27 @@ pub async fn run(
     info!("controller stopped");
 }
 
+/// Runs the controllers until `until` resolves (or they end by themselves), then stops them the
+/// safe way ([`stop`]). Returns whether nothing is left only in memory, and what `until` gave.
+pub async fn run_until<T>(
+    context: Arc<Context>,
+    namespaces: Vec<String>,
+    ready: Arc<AtomicBool>,
+    grace: Duration,
+    until: impl std::future::Future<Output = T>,
+) -> (bool, Option<T>) {
+    let controller_stop = CancellationToken::new();
+    let running = run(context.clone(), namespaces, controller_stop.clone(), ready);
+    tokio::pin!(running);
+    tokio::select! {
+        _ = &mut running => {
+            context.fencing.stop_refreshing();
+            (flush_parked(&context, tokio::time::Instant::now() + grace).await, None)
+        }
+        reason = until => (stop(&context, running, controller_stop, grace).await, Some(reason)),
+    }
+}
+
 /// Stops a running controller: no new refresh starts, in-flight reconciles get until `grace`
 /// runs out, then every state kept in memory is written within the same `grace`. Returns
 /// whether nothing is left only in memory.
