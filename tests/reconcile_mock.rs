@@ -474,27 +474,30 @@ async fn a_newer_token_stored_by_someone_else_is_never_overwritten() {
 
 #[tokio::test]
 async fn a_live_claim_of_another_process_is_waited_out() {
-    let f = Fixture::new(Some(3600)).await;
-    f.api.put(
-        &secret_path("allegro-oauth-state"),
-        json!({"apiVersion": "v1", "kind": "Secret",
-               "metadata": {"name": "allegro-oauth-state", "namespace": NS,
-                            "ownerReferences": [owner()]},
-               "data": {"refresh_token": b64("rt-0"),
-                        "imported_refresh_token_sha256": b64(&sha256("rt-0")),
-                        "claim": b64(&json!({"holder": "other-pod/1", "fingerprint": sha256("rt-0"),
-                                              "ttlSeconds": 60, "attempt": 1}).to_string())}}),
-    );
-    for _ in 0..3 {
-        let action = f.reconcile().await.unwrap();
-        let wait = format!("{action:?}");
-        assert!(wait.contains("requeue_after: Some("), "{wait}");
+    // A hand-edited claim with an absurd lifetime is waited out too, without a panic.
+    for ttl in [60, u64::MAX] {
+        let f = Fixture::new(Some(3600)).await;
+        f.api.put(
+            &secret_path("allegro-oauth-state"),
+            json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "allegro-oauth-state", "namespace": NS,
+                                "ownerReferences": [owner()]},
+                   "data": {"refresh_token": b64("rt-0"),
+                            "imported_refresh_token_sha256": b64(&sha256("rt-0")),
+                            "claim": b64(&json!({"holder": "other-pod/1", "fingerprint": sha256("rt-0"),
+                                                  "ttlSeconds": ttl, "attempt": 1}).to_string())}}),
+        );
+        for _ in 0..3 {
+            let action = f.reconcile().await.unwrap();
+            let wait = format!("{action:?}");
+            assert!(wait.contains("requeue_after: Some("), "{wait}");
+        }
+        assert_eq!(
+            f.endpoint.requests(),
+            0,
+            "never two presentations in flight"
+        );
     }
-    assert_eq!(
-        f.endpoint.requests(),
-        0,
-        "never two presentations in flight"
-    );
 }
 
 #[tokio::test]

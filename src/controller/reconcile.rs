@@ -117,6 +117,8 @@ struct Inputs<'a> {
     binding: Binding,
     request_fingerprint: String,
     imported: bool,
+    /// Which presentation of the refresh token this would be (see `chain::assess`).
+    attempt: u32,
 }
 
 impl Run<'_> {
@@ -164,6 +166,7 @@ impl Run<'_> {
         let binding = settings.binding(&client.client_id);
 
         let mut imported = false;
+        let mut attempt = 1;
         if let GrantSettings::RefreshToken { import } = &settings.grant {
             let source = self
                 .secrets
@@ -219,7 +222,7 @@ impl Run<'_> {
                 _ => {}
             }
             match chain.verdict(&binding) {
-                Verdict::Usable { .. } => {}
+                Verdict::Usable { attempt: next } => attempt = next,
                 Verdict::Claimed { remaining } => {
                     debug!(
                         ?remaining,
@@ -227,8 +230,12 @@ impl Run<'_> {
                     );
                     self.publish(&settings, target.as_ref(), &chain.state)
                         .await?;
-                    let until = self.now
-                        + chrono::TimeDelta::from_std(remaining).unwrap_or(chrono::TimeDelta::MAX);
+                    // A hand-edited claim may say anything. The wait itself is tracked in
+                    // `Fencing`; this is only when to look again, and it must stay a time
+                    // status can hold.
+                    let look_again = remaining.min(std::time::Duration::from_secs(86_400));
+                    let until =
+                        self.now + chrono::TimeDelta::from_std(look_again).unwrap_or_default();
                     return Ok(Outcome::Waiting {
                         state: chain.state,
                         until,
@@ -271,6 +278,7 @@ impl Run<'_> {
             binding,
             request_fingerprint,
             imported,
+            attempt,
         };
         match decision {
             Decision::WaitUntil(until) => {
@@ -311,12 +319,9 @@ impl Run<'_> {
                         import.secret, import.key
                     )));
                 };
-                let attempt = match chain.verdict(&inputs.binding) {
-                    Verdict::Usable { attempt } => attempt,
-                    // Decided just before; a change since then is looked at on the next round.
-                    _ => return Err(Error::StateConflict),
-                };
-                let held = chain.claim(attempt).await?;
+                // The claim's resourceVersion precondition fails if the chain changed since
+                // the verdict was reached.
+                let held = chain.claim(inputs.attempt).await?;
                 (Some(refresh), Some(held))
             }
         };
