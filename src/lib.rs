@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod apiclient;
 pub mod controller;
 pub mod leader;
 pub mod metrics;

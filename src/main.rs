@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use kube::runtime::events::Reporter;
+use oauth_token_operator::apiclient;
 use oauth_token_operator::controller::{self, Context};
 use oauth_token_operator::leader::{self, LeaseOptions};
+use oauth_token_operator::metrics::Metrics;
 use oauth_token_operator::oauth::{ClientOptions, DEFAULT_MAX_RESPONSE_BYTES, TokenClient};
 use oauth_token_operator::server::{self, Health};
 use oauth_token_operator::telemetry::{self, LogFormat};
@@ -100,7 +102,15 @@ async fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let client = match kube::Client::try_default().await {
+    let metrics = Arc::new(Metrics::default());
+    let config = match kube::Config::infer().await {
+        Ok(config) => config,
+        Err(error) => {
+            error!(%error, "could not configure the Kubernetes client");
+            return ExitCode::FAILURE;
+        }
+    };
+    let client = match apiclient::counted_client(config, metrics.clone()) {
         Ok(client) => client,
         Err(error) => {
             error!(%error, "could not configure the Kubernetes client");
@@ -112,7 +122,10 @@ async fn run(args: RunArgs) -> ExitCode {
         controller: "oauth-token-operator".to_string(),
         instance: pod_name.clone(),
     };
-    let context = Arc::new(Context::new(client.clone(), tokens, reporter));
+    let context = Arc::new(Context {
+        metrics,
+        ..Context::new(client.clone(), tokens, reporter)
+    });
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));

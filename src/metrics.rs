@@ -41,6 +41,13 @@ pub struct TokenLabels {
     pub name: String,
 }
 
+/// A request to the Kubernetes API: see [`crate::apiclient::classify`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiRequestLabels {
+    pub verb: &'static str,
+    pub resource: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CategoryLabels {
     pub category: &'static str,
@@ -55,6 +62,7 @@ pub struct Metrics {
     pub access_token_expiry: Family<TokenLabels, Gauge<f64, AtomicU64>>,
     pub ready: Family<TokenLabels, Gauge>,
     pub reconcile_errors: Family<CategoryLabels, Counter>,
+    pub kube_api_requests: Family<ApiRequestLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -96,8 +104,15 @@ impl Default for Metrics {
             "Reconciles that failed on the Kubernetes API, by category",
             reconcile_errors.clone(),
         );
+        let kube_api_requests = Family::<ApiRequestLabels, Counter>::default();
+        registry.register(
+            "kube_api_requests",
+            "Requests sent to the Kubernetes API, by verb and resource",
+            kube_api_requests.clone(),
+        );
         Metrics {
             registry,
+            kube_api_requests,
             refresh_attempts,
             refresh_duration,
             endpoint_responses,
