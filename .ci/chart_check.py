@@ -3,23 +3,34 @@
 1. Every rendered document, every example Secret and Pod and the chart's CRD validate against the
    Kubernetes JSON schemas bundled in kubernetes-validate (offline, strict: unknown fields fail),
    for the oldest supported, the compiled-against and the newest Kubernetes version.
-   The ServiceMonitor (a Prometheus Operator CRD, no bundled schema) gets structural checks.
+   The ServiceMonitor and the PrometheusRule (Prometheus Operator CRDs, no bundled schema) get
+   structural checks (the PrometheusRule a strict schema of its spec); the PrometheusRule's
+   groups are written out for `promtool check rules` and `promtool test rules`. The rendered CRD
+   is the generated crds/oauthtoken.yaml; the Grafana dashboard parses and queries only the
+   operator's metrics (and all of them).
 2. Every OAuthToken in examples/ validates against the CRD's openAPIV3Schema (jsonschema).
 3. Policy: RBAC is exactly the allowed set, in the allowed scope; the ClusterRoles aggregated
    into the built-in admin/edit/view roles (rbac.aggregateClusterRoles) grant exactly OAuthToken
    access, carry exactly their aggregation labels and are bound to nobody; the pod meets the
-   "restricted" Pod Security Standard; the command line uses only the operator's flags.
+   "restricted" Pod Security Standard; the command line uses only the operator's flags; every
+   value (image digest, probes, volumes, env, topology spread, ...) shows up where it should.
 
-Usage: chart_check.py --release-namespace NS --default FILE --namespaced FILE
-                      --namespaced-values FILE --namespaced-unaggregated FILE
-                      --crd FILE --examples DIR
-Exits non-zero on the first category of failure, after printing every failure found.
+Usage: chart_check.py --chart DIR --release-namespace NS --crd FILE --examples DIR
+                      --render LABEL RENDER [VALUES...] [--render ...]
+                      [--promtool PROMTOOL --rule-tests FILE]
+Each --render names a `helm template` output and the values files it was rendered with, in
+order; they are merged over the chart's values.yaml as Helm merges them.
+Exits non-zero after printing every failure found.
 """
 
 import argparse
+import copy
 import glob
 import json
 import os
+import re
+import shutil
+import subprocess
 import sys
 from collections import Counter, defaultdict
 
@@ -30,6 +41,9 @@ import yaml
 KUBERNETES_VERSIONS = ["1.25", "1.33", "1.37"]
 
 CHART_KINDS = {
+    "CustomResourceDefinition",
+    "ConfigMap",
+    "PrometheusRule",
     "Deployment",
     "ServiceAccount",
     "Service",
@@ -73,6 +87,95 @@ AGGREGATED_ROLES = {
         },
         {"admin", "edit", "view"},
     ),
+}
+
+# The metrics the operator exports (the README's "Metrics and health" table): the PrometheusRule
+# and the dashboard may query these and nothing else. Histograms also have _bucket/_sum/_count.
+METRICS = {
+    "oauth_token_operator_build_info",
+    "oauth_token_operator_leader",
+    "oauth_token_operator_ready",
+    "oauth_token_operator_reauthorization_required",
+    "oauth_token_operator_access_token_expiry_timestamp_seconds",
+    "oauth_token_operator_refresh_token_expiry_timestamp_seconds",
+    "oauth_token_operator_last_successful_refresh_timestamp_seconds",
+    "oauth_token_operator_next_refresh_timestamp_seconds",
+    "oauth_token_operator_refresh_attempts_total",
+    "oauth_token_operator_refresh_duration_seconds",
+    "oauth_token_operator_token_endpoint_responses_total",
+    "oauth_token_operator_reconcile_errors_total",
+    "oauth_token_operator_kube_api_requests_total",
+}
+HISTOGRAMS = {"oauth_token_operator_refresh_duration_seconds"}
+# Per-token series: labelled with the OAuthToken's namespace and name.
+PER_TOKEN = {
+    "oauth_token_operator_ready",
+    "oauth_token_operator_reauthorization_required",
+    "oauth_token_operator_access_token_expiry_timestamp_seconds",
+    "oauth_token_operator_refresh_token_expiry_timestamp_seconds",
+    "oauth_token_operator_last_successful_refresh_timestamp_seconds",
+    "oauth_token_operator_next_refresh_timestamp_seconds",
+}
+ALERTS = {
+    # values key -> alert name
+    "reauthorizationRequired": "OAuthTokenReauthorizationRequired",
+    "accessTokenExpiring": "OAuthTokenAccessTokenExpiring",
+    "refreshTokenExpiring": "OAuthTokenRefreshTokenExpiring",
+    "noLeader": "OAuthTokenOperatorNoLeader",
+    "operatorDown": "OAuthTokenOperatorDown",
+}
+DASHBOARD_FILE = "oauth-token-operator.json"
+
+# The PrometheusRule's spec as the monitoring.coreos.com/v1 CRD defines it (the fields the chart
+# may use; unknown fields fail, as the API server would prune them).
+PROM_DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+PROMETHEUS_RULE_SPEC = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "groups": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name", "rules"],
+                "properties": {
+                    "name": {"type": "string", "minLength": 1},
+                    "interval": {"type": "string", "pattern": PROM_DURATION},
+                    "query_offset": {"type": "string", "pattern": PROM_DURATION},
+                    "limit": {"type": "integer"},
+                    "partial_response_strategy": {"type": "string"},
+                    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "rules": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["expr"],
+                            "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+                            "properties": {
+                                "alert": {"type": "string", "pattern": "^[a-zA-Z_][a-zA-Z0-9_]*$"},
+                                "record": {"type": "string"},
+                                "expr": {"type": ["string", "integer"]},
+                                "for": {"type": "string", "pattern": PROM_DURATION},
+                                "keep_firing_for": {"type": "string", "pattern": PROM_DURATION},
+                                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                                "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+# Volume types the "restricted" Pod Security Standard allows.
+RESTRICTED_VOLUMES = {
+    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+    "projected", "secret",
 }
 
 # The operator's `run` command line (flags that take a value, and switches).
@@ -151,6 +254,155 @@ def check_service_monitor(doc, services, origin):
     namespaces = (spec.get("namespaceSelector") or {}).get("matchNames") or []
     if namespaces != [matched[0]["metadata"]["namespace"]]:
         fail(f"{origin}: ServiceMonitor namespaceSelector {namespaces}")
+    for endpoint in endpoints:
+        # The per-token series' own `namespace` label must survive the scrape (not become
+        # exported_namespace): the alerts and the dashboard select on it.
+        if endpoint.get("honorLabels") is not True:
+            fail(f"{origin}: ServiceMonitor endpoint without honorLabels: true")
+
+
+def metric_names(expr):
+    """Names of oauth_token_operator_* series an expression selects (histogram suffixes
+    stripped)."""
+    names = set()
+    for name in re.findall(r"\b(oauth_token_operator_[a-z0-9_]+)", expr):
+        for suffix in ("_bucket", "_sum", "_count"):
+            if name.endswith(suffix) and name[: -len(suffix)] in HISTOGRAMS:
+                name = name[: -len(suffix)]
+        names.add(name)
+    return names
+
+
+def check_prometheus_rule(doc, values, release_ns, service_name, origin):
+    """The PrometheusRule: the CRD's spec schema, the alerts the values enable, the operator's
+    metrics only, and selectors on the job the ServiceMonitor produces. Returns the spec."""
+    settings = values["prometheusRule"]
+    if doc.get("apiVersion") != "monitoring.coreos.com/v1":
+        fail(f"{origin}: PrometheusRule apiVersion is {doc.get('apiVersion')}")
+    meta = doc.get("metadata") or {}
+    if set(meta) - {"name", "namespace", "labels", "annotations"}:
+        fail(f"{origin}: PrometheusRule metadata has {sorted(meta)}")
+    if meta.get("namespace") != (settings["namespace"] or release_ns):
+        fail(f"{origin}: PrometheusRule in namespace {meta.get('namespace')}")
+    for key, value in settings["additionalLabels"].items():
+        if (meta.get("labels") or {}).get(key) != value:
+            fail(f"{origin}: PrometheusRule lacks the label {key}={value}")
+    if (meta.get("annotations") or {}) != settings["annotations"]:
+        fail(f"{origin}: PrometheusRule annotations {meta.get('annotations')}")
+    spec = doc.get("spec") or {}
+    for error in jsonschema.Draft7Validator(PROMETHEUS_RULE_SPEC).iter_errors(spec):
+        where = ".".join(str(p) for p in error.path)
+        fail(f"{origin}: PrometheusRule spec.{where}: {error.message}")
+    rules = [r for g in spec.get("groups") or [] for r in g.get("rules") or []]
+    by_name = {r.get("alert"): r for r in rules}
+    job = settings["job"] or service_name
+    expected = {
+        name for key, name in ALERTS.items()
+        if settings["alerts"][key]["enabled"]
+        and (key != "noLeader" or values["leaderElection"]["enabled"])
+    }
+    if set(by_name) != expected:
+        fail(f"{origin}: PrometheusRule alerts {sorted(by_name)}, expected {sorted(expected)}")
+    for key, name in ALERTS.items():
+        rule = by_name.get(name)
+        if rule is None:
+            continue
+        alert = settings["alerts"][key]
+        expr = str(rule["expr"])
+        unknown = metric_names(expr) - METRICS
+        if unknown:
+            fail(f"{origin}: {name} queries unknown metrics {sorted(unknown)}")
+        for selector in re.findall(r"\{([^}]*)\}", expr):
+            if f'job="{job}"' not in selector:
+                fail(f"{origin}: {name}: selector {{{selector}}} does not select job {job}")
+        if rule.get("for") != alert["for"]:
+            fail(f"{origin}: {name} for {rule.get('for')}, expected {alert['for']}")
+        labels = rule.get("labels") or {}
+        if labels != {**settings["alertLabels"], "severity": alert["severity"]}:
+            fail(f"{origin}: {name} labels {labels}")
+        if "thresholdSeconds" in alert and f"< {alert['thresholdSeconds']}" not in expr:
+            fail(f"{origin}: {name} does not compare with thresholdSeconds {alert['thresholdSeconds']}")
+        annotations = rule.get("annotations") or {}
+        if not annotations.get("summary") or not annotations.get("description"):
+            fail(f"{origin}: {name} lacks a summary or description")
+        if metric_names(expr) & PER_TOKEN:
+            if "by (namespace, name)" not in expr:
+                fail(f"{origin}: {name} does not keep the OAuthToken's namespace and name")
+            command = "kubectl describe oauthtoken -n {{ $labels.namespace }} {{ $labels.name }}"
+            if command not in annotations.get("description", ""):
+                fail(f"{origin}: {name}'s description does not say `{command}`")
+        elif f'namespace="{release_ns}"' not in expr:
+            fail(f"{origin}: {name} does not select the release namespace {release_ns}")
+    return spec
+
+
+def check_dashboard(doc, values, release_ns, origin):
+    """The Grafana dashboard ConfigMap: the sidecar label, namespace, annotations, and a
+    dashboard that parses and queries the operator's metrics only (every one of them)."""
+    settings = values["grafanaDashboard"]
+    meta = doc["metadata"]
+    if meta.get("namespace") != (settings["namespace"] or release_ns):
+        fail(f"{origin}: dashboard ConfigMap in namespace {meta.get('namespace')}")
+    labels = meta.get("labels") or {}
+    for key, value in {settings["label"]: settings["labelValue"], **settings["additionalLabels"]}.items():
+        if labels.get(key) != value:
+            fail(f"{origin}: dashboard ConfigMap lacks the label {key}={value!r}")
+    if (meta.get("annotations") or {}) != settings["annotations"]:
+        fail(f"{origin}: dashboard ConfigMap annotations {meta.get('annotations')}")
+    data = doc.get("data") or {}
+    if list(data) != [DASHBOARD_FILE]:
+        fail(f"{origin}: dashboard ConfigMap data keys {list(data)}, expected [{DASHBOARD_FILE}]")
+        return
+    try:
+        dashboard = json.loads(data[DASHBOARD_FILE])
+    except json.JSONDecodeError as e:
+        fail(f"{origin}: the dashboard is not JSON: {e}")
+        return
+    for key in ("title", "uid", "panels", "schemaVersion"):
+        if key not in dashboard:
+            fail(f"{origin}: the dashboard has no {key}")
+    used, queries = set(), 0
+
+    def walk(value):
+        nonlocal queries
+        if isinstance(value, dict):
+            for key, sub in value.items():
+                if key in ("expr", "query", "definition") and isinstance(sub, str):
+                    queries += key == "expr"
+                    used.update(metric_names(sub))
+                else:
+                    walk(sub)
+        elif isinstance(value, list):
+            for sub in value:
+                walk(sub)
+
+    walk(dashboard)
+    if used - METRICS:
+        fail(f"{origin}: the dashboard queries unknown metrics {sorted(used - METRICS)}")
+    if METRICS - used:
+        fail(f"{origin}: the dashboard does not show {sorted(METRICS - used)}")
+    ids = [p.get("id") for p in dashboard.get("panels") or []]
+    if len(ids) != len(set(ids)):
+        fail(f"{origin}: the dashboard's panel ids are not unique")
+    for panel in dashboard.get("panels") or []:
+        if panel.get("type") != "row" and not panel.get("targets"):
+            fail(f"{origin}: dashboard panel {panel.get('title')!r} has no query")
+    print(f"{origin}: dashboard {dashboard.get('title')!r}: {len(ids)} panels, {queries} queries, "
+          f"{len(used)} metrics")
+
+
+def check_crd(doc, values, generated, origin):
+    """The rendered CRD is the generated one, with the chart's labels and the keep annotation
+    exactly when crds.keep."""
+    for key in ("apiVersion", "kind", "spec"):
+        if doc.get(key) != generated.get(key):
+            fail(f"{origin}: the rendered CRD's {key} differs from crds/oauthtoken.yaml")
+    if doc["metadata"].get("name") != generated["metadata"]["name"]:
+        fail(f"{origin}: the rendered CRD is named {doc['metadata'].get('name')}")
+    annotations = doc["metadata"].get("annotations") or {}
+    keep = {"helm.sh/resource-policy": "keep"} if values["crds"]["keep"] else {}
+    if annotations != keep:
+        fail(f"{origin}: CRD annotations {annotations}, expected {keep} (crds.keep)")
 
 
 # --- 3. Policy -------------------------------------------------------------------------------
@@ -306,8 +558,10 @@ def check_restricted(pod_spec, origin):
         if pod_spec.get(field):
             fail(f"{origin}: pod sets {field}")
     for volume in pod_spec.get("volumes") or []:
-        if "hostPath" in volume:
-            fail(f"{origin}: hostPath volume {volume['name']}")
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            fail(f"{origin}: volume {volume['name']} of type {sorted(kinds - RESTRICTED_VOLUMES)} "
+                 f"is not allowed by the restricted Pod Security Standard")
     if psc.get("runAsNonRoot") is not True:
         fail(f"{origin}: pod securityContext.runAsNonRoot is not true")
     for field in ("runAsUser", "runAsGroup"):
@@ -411,9 +665,49 @@ def check_deployment(docs, release_ns, values, origin):
     if "http" not in ports:
         fail(f"{where}: no port named http")
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
-        get = (container.get(probe) or {}).get("httpGet") or {}
+        rendered = container.get(probe) or {}
+        get = rendered.get("httpGet") or {}
         if get.get("path") != path or get.get("port") != "http":
             fail(f"{where}: {probe} must GET {path} on port http, is {get}")
+        timing = {k: v for k, v in rendered.items() if k != "httpGet"}
+        if timing != values[probe]:
+            fail(f"{where}: {probe} timing {timing}, the values say {values[probe]}")
+
+    image = values["image"]
+    if image.get("digest"):
+        expected = f"{image['repository']}@{image['digest']}"
+    else:
+        expected = f"{image['repository']}:{image.get('tag') or values['_appVersion']}"
+    if container.get("image") != expected:
+        fail(f"{where}: image {container.get('image')!r}, expected {expected!r}")
+    if dep["spec"].get("revisionHistoryLimit") != values["revisionHistoryLimit"]:
+        fail(f"{origin}: revisionHistoryLimit {dep['spec'].get('revisionHistoryLimit')}, "
+             f"expected {values['revisionHistoryLimit']}")
+    for field, rendered, key in (
+        ("envFrom", container.get("envFrom") or [], "extraEnvFrom"),
+        ("volumeMounts", container.get("volumeMounts") or [], "extraVolumeMounts"),
+        ("volumes", pod.get("volumes") or [], "extraVolumes"),
+    ):
+        if rendered != values[key]:
+            fail(f"{where}: {field} {rendered}, expected {key} {values[key]}")
+    extra_env = [e for e in container.get("env") or [] if e["name"] not in ("POD_NAME", "POD_NAMESPACE")]
+    if extra_env != values["extraEnv"]:
+        fail(f"{where}: env beyond POD_NAME/POD_NAMESPACE is {extra_env}, expected {values['extraEnv']}")
+    mounts = {m["name"] for m in container.get("volumeMounts") or []}
+    volumes = {v["name"] for v in pod.get("volumes") or []}
+    if not mounts <= volumes:
+        fail(f"{where}: mounts volumes {sorted(mounts - volumes)} that the pod does not have")
+
+    selector = dep["spec"]["selector"]["matchLabels"]
+    spread = pod.get("topologySpreadConstraints") or []
+    if len(spread) != len(values["topologySpreadConstraints"]):
+        fail(f"{origin}: {len(spread)} topologySpreadConstraints, the values have "
+             f"{len(values['topologySpreadConstraints'])}")
+    for rendered, given in zip(spread, values["topologySpreadConstraints"]):
+        expected = dict(given)
+        expected.setdefault("labelSelector", {"matchLabels": selector})
+        if rendered != expected:
+            fail(f"{origin}: topologySpreadConstraint {rendered}, expected {expected}")
 
     resources = container.get("resources") or {}
     for kind, keys in (("requests", ("cpu", "memory")), ("limits", ("memory",))):
@@ -423,20 +717,29 @@ def check_deployment(docs, release_ns, values, origin):
     return dep
 
 
-def check_render(path, release_ns, values, origin):
+def check_render(path, release_ns, values, generated_crd, origin):
     docs = load_all(path)
     kinds = Counter(d["kind"] for d in docs)
     for kind in kinds:
         if kind not in CHART_KINDS:
             fail(f"{origin}: unexpected kind {kind}")
+    services = [s for s in docs if s["kind"] == "Service"]
+    rules = []
     for d in docs:
-        if d["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+        if d["kind"] not in ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"):
             if d["metadata"].get("namespace") is None:
                 fail(f"{origin}: {name_of(d)} has no namespace")
         if d["kind"] == "ServiceMonitor":
-            check_service_monitor(d, [s for s in docs if s["kind"] == "Service"], origin)
+            check_service_monitor(d, services, origin)
+        elif d["kind"] == "PrometheusRule":
+            service_name = services[0]["metadata"]["name"] if services else None
+            rules.append(check_prometheus_rule(d, values, release_ns, service_name, origin))
         else:
             validate_kubernetes(d, origin)
+            if d["kind"] == "CustomResourceDefinition":
+                check_crd(d, values, generated_crd, origin)
+            elif d["kind"] == "ConfigMap":
+                check_dashboard(d, values, release_ns, origin)
 
     dep = check_deployment(docs, release_ns, values, origin)
     if dep:
@@ -459,13 +762,20 @@ def check_render(path, release_ns, values, origin):
     monitor = ((values.get("metrics") or {}).get("serviceMonitor") or {}).get("enabled", False)
     if kinds["ServiceMonitor"] != int(monitor):
         fail(f"{origin}: {kinds['ServiceMonitor']} ServiceMonitors, serviceMonitor.enabled={monitor}")
+    for kind, enabled in (
+        ("CustomResourceDefinition", values["crds"]["enabled"]),
+        ("PrometheusRule", values["prometheusRule"]["enabled"]),
+        ("ConfigMap", values["grafanaDashboard"]["enabled"]),
+    ):
+        if kinds[kind] != int(enabled):
+            fail(f"{origin}: {kinds[kind]} {kind}, expected {int(enabled)}")
     if kinds["Service"] != 1:
         fail(f"{origin}: expected one (metrics) Service, got {kinds['Service']}")
 
     with open(path, "rb") as f:
         data = f.read()
     size = (len(data), data.count(b"\n"))
-    return docs, table, size
+    return docs, table, size, rules
 
 
 # --- 2. Examples -----------------------------------------------------------------------------
@@ -521,44 +831,95 @@ def unknown_fields(value, schema, where=""):
     return out
 
 
+# --- PrometheusRule with promtool -------------------------------------------------------------
+
+
+def check_promtool(promtool, rules, rule_tests, tests_label, out_dir):
+    """`promtool check rules` on each rendered PrometheusRule's groups (PromQL syntax, templates
+    in annotations), and `promtool test rules` (alerts fire, or not, on synthetic series) on the
+    rules of the render labelled tests_label."""
+    tested = None
+    for i, (label, spec) in enumerate(rules):
+        path = os.path.join(out_dir, f"prometheus-rules-{i}.yaml")
+        with open(path, "w") as f:
+            yaml.safe_dump({"groups": spec.get("groups") or []}, f, sort_keys=False)
+        result = subprocess.run([promtool, "check", "rules", path], capture_output=True, text=True)
+        print(f"promtool check rules ({label}): {result.stdout.strip()}")
+        if result.returncode != 0:
+            fail(f"promtool check rules {path} ({label}): {result.stderr.strip()}")
+        if label == tests_label:
+            tested = path
+    if rule_tests:
+        if tested is None:
+            fail(f"no PrometheusRule in the render {tests_label!r} for the rule unit tests")
+            return
+        # The tests name the rule file prometheus-rules.yaml next to them.
+        shutil.copy(tested, os.path.join(out_dir, "prometheus-rules.yaml"))
+        tests = os.path.join(out_dir, os.path.basename(rule_tests))
+        shutil.copy(rule_tests, tests)
+        result = subprocess.run([promtool, "test", "rules", tests], capture_output=True, text=True)
+        print(f"promtool test rules ({tests_label}): {result.stdout.strip()}")
+        if result.returncode != 0:
+            fail(f"promtool test rules {rule_tests}: {result.stdout.strip()} {result.stderr.strip()}")
+
+
 # --- main ------------------------------------------------------------------------------------
+
+
+def merge(base, override):
+    """Helm's merge of a values file over the values so far: maps recursively, null deletes,
+    anything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def main():
     parser = argparse.ArgumentParser()
+    parser.add_argument("--chart", required=True)
     parser.add_argument("--release-namespace", required=True)
-    parser.add_argument("--default", required=True)
-    parser.add_argument("--namespaced", required=True)
-    parser.add_argument("--namespaced-values", required=True)
-    parser.add_argument("--namespaced-unaggregated", required=True,
-                        help="render of --namespaced-values plus rbac.aggregateClusterRoles=false")
-    parser.add_argument("--crd", required=True)
+    parser.add_argument("--render", nargs="+", action="append", required=True,
+                        metavar="LABEL RENDER [VALUES...]")
+    parser.add_argument("--crd", required=True, help="the generated CRD (crds/oauthtoken.yaml)")
     parser.add_argument("--examples", required=True)
+    parser.add_argument("--promtool", help="promtool binary for the PrometheusRule")
+    parser.add_argument("--rule-tests", help="promtool rule unit tests")
+    parser.add_argument("--rule-tests-render", help="label of the render the rule tests are for")
     args = parser.parse_args()
 
-    with open(args.namespaced_values) as f:
-        namespaced_values = yaml.safe_load(f)
+    with open(os.path.join(args.chart, "values.yaml")) as f:
+        defaults = yaml.safe_load(f)
+    with open(os.path.join(args.chart, "Chart.yaml")) as f:
+        defaults["_appVersion"] = yaml.safe_load(f)["appVersion"]
+    [generated_crd] = load_all(args.crd)
 
     print(f"kubernetes-validate {kubernetes_validate.__version__}, strict, against Kubernetes "
           + ", ".join(KUBERNETES_VERSIONS))
-    unaggregated_values = dict(namespaced_values)
-    unaggregated_values["rbac"] = {**(namespaced_values.get("rbac") or {}),
-                                   "aggregateClusterRoles": False}
-    renders = [
-        ("default", args.default, {}),
-        ("namespaced", args.namespaced, namespaced_values),
-        ("namespaced, rbac.aggregateClusterRoles=false", args.namespaced_unaggregated,
-         unaggregated_values),
-    ]
-    tables = {}
-    for label, path, values in renders:
-        docs, table, (size, lines) = check_render(path, args.release_namespace, values, label)
+    tables, all_rules = {}, []
+    for label, path, *values_files in args.render:
+        values = defaults
+        for values_file in values_files:
+            with open(values_file) as f:
+                values = merge(values, yaml.safe_load(f))
+        docs, table, (size, lines), rules = check_render(
+            path, args.release_namespace, values, generated_crd, label)
         kinds = Counter(d["kind"] for d in docs)
         print(f"{label} render: {size} bytes, {lines} lines, {len(docs)} objects: "
               + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
         tables[label] = table
+        all_rules += [(label, spec) for spec in rules]
 
     check_examples(args.examples, args.crd)
+
+    if args.promtool:
+        check_promtool(args.promtool, all_rules, args.rule_tests, args.rule_tests_render,
+                       os.path.dirname(args.render[0][1]))
 
     for label, table in tables.items():
         print(f"\nRBAC granted ({label} render):")

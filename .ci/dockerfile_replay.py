@@ -1,16 +1,23 @@
 """Replays the Dockerfile's `build` stage without a Docker engine, and checks the runtime stage.
 
 The build stage's COPY steps copy from the repository into a staging directory (standing in for
-WORKDIR), and its RUN steps run there with `sh -c`, exactly as written. The staging directory's
+WORKDIR), and its RUN steps run there with `sh -c`, exactly as written, with the stage's ARGs in
+the environment: TARGETARCH is the architecture being replayed (--target-arch; default this
+machine's), other ARGs take their defaults. The build stage must run on the build platform
+(`FROM --platform=$BUILDPLATFORM`) and cross-compile for TARGETARCH, which is what this host-side
+replay does too; with --target-arch arm64 on an amd64 machine its RUN steps install Debian's
+cross toolchain on this machine (apt-get, as root). The staging directory's
 `target` is a symlink to the repository's target/, so dependencies compiled once are reused.
 Any instruction this replay does not understand fails it, so the replay cannot silently drift
 from what `docker build` does.
 
-Usage: dockerfile_replay.py DOCKERFILE STAGING_DIR
+Usage: dockerfile_replay.py DOCKERFILE STAGING_DIR [--target-arch amd64|arm64]
 Prints the binary's path (inside STAGING_DIR) as the last line.
 """
 
+import argparse
 import json
+import platform
 import os
 import shlex
 import shutil
@@ -18,6 +25,7 @@ import subprocess
 import sys
 
 BINARY = "/oauth-token-operator"
+ARCHES = {"x86_64": "amd64", "aarch64": "arm64"}  # uname -m -> Docker's TARGETARCH
 
 
 def instructions(path):
@@ -48,7 +56,15 @@ def fail(message):
 
 
 def main():
-    dockerfile, staging = sys.argv[1], os.path.abspath(sys.argv[2])
+    parser = argparse.ArgumentParser()
+    parser.add_argument("dockerfile")
+    parser.add_argument("staging")
+    parser.add_argument("--target-arch", choices=sorted(ARCHES.values()),
+                        default=ARCHES.get(platform.machine()))
+    options = parser.parse_args()
+    dockerfile, staging = options.dockerfile, os.path.abspath(options.staging)
+    if options.target_arch is None:
+        fail(f"this machine's architecture {platform.machine()} is not one the image is built for")
     repo = os.path.dirname(os.path.abspath(dockerfile))
     if os.path.exists(staging):
         shutil.rmtree(staging)
@@ -58,22 +74,60 @@ def main():
     os.symlink(shared_target, os.path.join(staging, "target"))
     env = {k: v for k, v in os.environ.items() if k != "CARGO_TARGET_DIR"}
 
-    stages = []  # (name, base image, [(line, keyword, args)])
+    stages = []  # (name, base image, --platform or None, [(line, keyword, args)])
     for line, keyword, args in instructions(dockerfile):
         if keyword == "FROM":
             words = args.split()
+            platform_flag = None
+            if words and words[0].startswith("--platform="):
+                platform_flag = words.pop(0).partition("=")[2]
+            if any(w.startswith("--") for w in words):
+                fail(f"line {line}: FROM options other than --platform are not replayed: {args}")
             name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
-            stages.append((name, words[0], []))
+            stages.append((name, words[0], platform_flag, []))
         elif stages:
-            stages[-1][2].append((line, keyword, args))
+            stages[-1][3].append((line, keyword, args))
+        else:
+            fail(f"line {line}: {keyword} before the first FROM is not replayed")
     if [s[0] for s in stages] != ["build", None]:
         fail(f"expected a `build` stage and an unnamed runtime stage, got {[s[0] for s in stages]}")
-    (_, build_image, build), (_, runtime_image, runtime) = stages
+    (_, build_image, build_platform, build), (_, runtime_image, runtime_platform, runtime) = stages
+    # Cross-compiling on the build machine, not emulating the target: the build stage runs on
+    # BUILDPLATFORM; the runtime stage is the target platform's (no --platform).
+    if build_platform != "$BUILDPLATFORM":
+        fail(f"the build stage must be `FROM --platform=$BUILDPLATFORM ...`, has --platform={build_platform}")
+    if runtime_platform is not None:
+        fail(f"the runtime stage must not set --platform (it is the target's), has {runtime_platform}")
+    # BuildKit's automatic platform arguments, as BuildKit would set them for this replay.
+    automatic = {
+        "TARGETARCH": options.target_arch,
+        "TARGETOS": "linux",
+        "TARGETPLATFORM": f"linux/{options.target_arch}",
+        "BUILDARCH": ARCHES.get(platform.machine(), platform.machine()),
+        "BUILDOS": "linux",
+        "BUILDPLATFORM": f"linux/{ARCHES.get(platform.machine(), platform.machine())}",
+    }
+    for name in automatic:
+        env.pop(name, None)  # only a declared ARG reaches the RUN steps
+    print(f"replaying the build stage for linux/{options.target_arch} on {automatic['BUILDPLATFORM']}",
+          file=sys.stderr)
 
     workdir = None
+    declared = set()
     for line, keyword, args in build:
         if keyword == "WORKDIR":
             workdir = args
+        elif keyword == "ARG":
+            name, has_default, default = args.partition("=")
+            if name in automatic:
+                if has_default:
+                    fail(f"line {line}: ARG {name} is set by BuildKit; it takes no default")
+                env[name] = automatic[name]
+            elif has_default:
+                env[name] = default.strip('"')
+            else:
+                fail(f"line {line}: ARG {name} without a default is not replayed")
+            declared.add(name)
         elif keyword == "COPY":
             words = shlex.split(args)
             if any(w.startswith("--") for w in words):
@@ -105,6 +159,8 @@ def main():
             fail(f"line {line}: {keyword} in the build stage is not replayed")
     if workdir != "/src":
         fail(f"the build stage's WORKDIR must be /src, is {workdir}")
+    if "TARGETARCH" not in declared:
+        fail("the build stage must declare ARG TARGETARCH (it cross-compiles for it)")
 
     # The runtime stage: the binary from the build stage, unprivileged, `run` by default.
     copies = [a for _, k, a in runtime if k == "COPY"]
@@ -128,7 +184,8 @@ def main():
             fail(f"runtime stage {key} is {got!r}, expected {value!r}")
     if "/distroless/static" not in runtime_image or ":" not in runtime_image.rsplit("/", 1)[1]:
         fail(f"the runtime image must be distroless/static pinned by tag, is {runtime_image}")
-    print(f"build image {build_image}, runtime image {runtime_image}", file=sys.stderr)
+    print(f"build image {build_image} (on $BUILDPLATFORM), runtime image {runtime_image}, "
+          f"linux/{options.target_arch}", file=sys.stderr)
     print(binary)
 
 

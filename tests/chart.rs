@@ -1,5 +1,7 @@
-//! The Helm chart in `charts/oauth-token-operator/` must not drift from the crate: its CRD is a
-//! byte-for-byte copy of `crds/oauthtoken.yaml` (Helm installs `crds/` before the templates),
+//! The Helm chart in `charts/oauth-token-operator/` must not drift from the crate: its CRD
+//! (`files/crds/oauthtoken.yaml`, which `templates/crds.yaml` renders, so that `helm upgrade`
+//! upgrades it) is a byte-for-byte copy of `crds/oauthtoken.yaml`, itself generated from the Rust
+//! types (`tests/crd_drift.rs`),
 //! its appVersion is the crate version (the default image tag), and every value in values.yaml
 //! is described by values.schema.json. `.ci/chart-check` runs helm itself.
 
@@ -18,13 +20,24 @@ fn read(relative: &str) -> String {
 fn chart_crd_is_a_copy_of_the_generated_crd() {
     let generated = std::fs::read(repo_path("crds/oauthtoken.yaml")).unwrap();
     let copy = std::fs::read(repo_path(
-        "charts/oauth-token-operator/crds/oauthtoken.yaml",
+        "charts/oauth-token-operator/files/crds/oauthtoken.yaml",
     ))
     .unwrap_or_default();
     assert!(
         copy == generated,
-        "charts/oauth-token-operator/crds/oauthtoken.yaml differs from crds/oauthtoken.yaml: \
-         run `cp crds/oauthtoken.yaml charts/oauth-token-operator/crds/`"
+        "charts/oauth-token-operator/files/crds/oauthtoken.yaml differs from crds/oauthtoken.yaml: \
+         run `cp crds/oauthtoken.yaml charts/oauth-token-operator/files/crds/`"
+    );
+}
+
+/// The chart's `crds/` directory would be installed by Helm before the templates and then clash
+/// with `templates/crds.yaml`; the CRD lives in `files/crds/` instead.
+#[test]
+fn chart_has_no_crds_directory() {
+    assert!(
+        !repo_path("charts/oauth-token-operator/crds").exists(),
+        "charts/oauth-token-operator/crds/ must not exist: the CRD is rendered by \
+         templates/crds.yaml from files/crds/oauthtoken.yaml"
     );
 }
 

@@ -66,10 +66,15 @@ Name of the leader-election Lease: the full name, so two releases in one namespa
 {{- end }}
 
 {{/*
-Image reference; the tag defaults to the chart's appVersion.
+Image reference: repository@digest when image.digest is set (the tag is then ignored), else
+repository:tag, the tag defaulting to the chart's appVersion.
 */}}
 {{- define "oauth-token-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
 {{- end }}
 
 {{/*
