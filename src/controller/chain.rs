@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::Error;
+use super::cache::Caches;
 use super::secrets::{self, controlled_by};
 use super::state::{Binding, Claim, TokenState};
 use crate::api::OAuthToken;
@@ -295,6 +296,7 @@ pub struct Chain<'a> {
     token: &'a OAuthToken,
     uid: String,
     fencing: &'a Fencing,
+    caches: &'a Caches,
     /// The state Secret as last read or written: its resourceVersion is the precondition of
     /// the next write.
     secret: Option<Secret>,
@@ -305,15 +307,21 @@ pub struct Chain<'a> {
 pub struct ForeignStateSecret;
 
 impl<'a> Chain<'a> {
-    /// Reads the state Secret. `Ok(Err(_))` when a Secret of that name exists but belongs to
-    /// someone else.
+    /// Reads the state Secret (from the cache when there is one: every write is
+    /// compare-and-swap, so a stale read costs a retry, never the chain). `Ok(Err(_))` when a
+    /// Secret of that name exists but belongs to someone else.
     pub async fn load(
         secrets: &'a Api<Secret>,
         token: &'a OAuthToken,
         fencing: &'a Fencing,
+        caches: &'a Caches,
     ) -> Result<Result<Chain<'a>, ForeignStateSecret>, Error> {
-        let secret = secrets
-            .get_opt(&token.state_secret_name())
+        let secret = caches
+            .owned_secret(
+                secrets,
+                &token.namespace().unwrap_or_default(),
+                &token.state_secret_name(),
+            )
             .await
             .map_err(Error::ReadInputs)?;
         if let Some(existing) = &secret
@@ -330,6 +338,7 @@ impl<'a> Chain<'a> {
             token,
             uid: token.uid().unwrap_or_default(),
             fencing,
+            caches,
             secret,
             state,
         }))
@@ -366,11 +375,13 @@ impl<'a> Chain<'a> {
         &mut self,
         refresh_token: secrecy::SecretString,
         fingerprint: String,
+        import_secret_version: Option<String>,
         binding: Binding,
     ) -> Result<(), Error> {
         let mut next = self.state.clone();
         next.refresh_token = Some(refresh_token);
         next.imported_fingerprint = Some(fingerprint);
+        next.import_secret_version = import_secret_version;
         next.binding = Some(binding);
         next.claim = None;
         next.rejected_fingerprint = None;
@@ -483,6 +494,7 @@ impl<'a> Chain<'a> {
             .await;
             match result {
                 Ok(written) => {
+                    self.caches.wrote_secret(&written);
                     self.secret = Some(written);
                     self.state = next;
                     info!(
@@ -570,6 +582,7 @@ impl<'a> Chain<'a> {
         .await
         {
             Ok(written) => {
+                self.caches.wrote_secret(&written);
                 self.secret = Some(written);
                 self.state = next;
                 Ok(())
@@ -597,6 +610,8 @@ impl<'a> Chain<'a> {
 /// Writes every parked state, for a stopping process. Returns the OAuthTokens (namespace/name)
 /// whose state could not be written.
 pub async fn flush_parked(client: &kube::Client, fencing: &Fencing) -> Vec<String> {
+    // Straight to the API: the watches are gone by now.
+    let no_caches = Caches::default();
     let mut left = Vec::new();
     for uid in fencing.parked_uids() {
         let Some(parked) = fencing.take_parked(&uid) else {
@@ -605,7 +620,7 @@ pub async fn flush_parked(client: &kube::Client, fencing: &Fencing) -> Vec<Strin
         let token = parked.token.clone();
         let namespace = token.namespace().unwrap_or_default();
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-        let written = match Chain::load(&secrets, &token, fencing).await {
+        let written = match Chain::load(&secrets, &token, fencing, &no_caches).await {
             Ok(Ok(mut chain)) => chain.write_parked(parked).await.is_ok(),
             Ok(Err(ForeignStateSecret)) => {
                 fencing.park(&uid, parked);

@@ -4,21 +4,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector;
+use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::api::OAuthToken;
+use crate::api::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, OAuthToken};
 use crate::metrics::Metrics;
 use crate::oauth::TokenClient;
 
+pub mod cache;
 pub mod chain;
 mod reconcile;
 pub mod secrets;
@@ -26,6 +27,7 @@ pub mod settings;
 pub mod state;
 pub mod status;
 
+use cache::{Caches, Scope, SecretIndex};
 use chain::Fencing;
 pub use reconcile::reconcile;
 
@@ -72,7 +74,15 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Claims, parked states and the refresh gate: see [`chain`].
     pub fencing: Fencing,
+    /// What reconciles read instead of the API: see [`cache`].
+    pub caches: Caches,
+    /// Reconciles running at once, across all OAuthTokens: bounds memory, connections to the
+    /// API server and the burst on token endpoints.
+    pub max_concurrent_reconciles: u16,
 }
+
+/// Default for [`Context::max_concurrent_reconciles`].
+pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 32;
 
 impl Context {
     /// `reporter.instance` (the pod name) names this process in claims.
@@ -88,6 +98,8 @@ impl Context {
             tokens,
             jitter: rand::random::<f64>,
             metrics: Arc::default(),
+            caches: Caches::default(),
+            max_concurrent_reconciles: DEFAULT_MAX_CONCURRENT_RECONCILES,
         }
     }
 }
@@ -113,46 +125,6 @@ fn error_policy(_token: Arc<OAuthToken>, error: &Error, ctx: Arc<Context>) -> Ac
     Action::requeue(base + jitter)
 }
 
-/// Which OAuthTokens a change to this Secret concerns: its controller, and every OAuthToken in
-/// its namespace that reads it.
-fn tokens_for_secret(
-    store: &Store<OAuthToken>,
-    secret: &PartialObjectMeta<Secret>,
-) -> Vec<ObjectRef<OAuthToken>> {
-    let namespace = secret.namespace();
-    let name = secret.name_any();
-    let owners: Vec<&str> = secret
-        .owner_references()
-        .iter()
-        .filter(|r| r.kind == "OAuthToken")
-        .map(|r| r.uid.as_str())
-        .collect();
-    store
-        .state()
-        .iter()
-        .filter(|token| token.namespace() == namespace)
-        .filter(|token| {
-            token
-                .uid()
-                .is_some_and(|uid| owners.contains(&uid.as_str()))
-                || reads_secret(token, &name)
-        })
-        .map(|token| ObjectRef::from_obj(token.as_ref()))
-        .collect()
-}
-
-fn reads_secret(token: &OAuthToken, name: &str) -> bool {
-    let spec = &token.spec;
-    spec.client_secret_ref
-        .as_ref()
-        .is_some_and(|r| r.name == name)
-        || spec
-            .grant
-            .refresh_token
-            .as_ref()
-            .is_some_and(|g| g.initial_refresh_token_secret_ref.name == name)
-}
-
 /// Runs the controllers until `shutdown` is cancelled: one for the whole cluster, or one per
 /// namespace in `namespaces`. In-flight reconciles finish first, so a refresh that already
 /// reached the provider gets its new refresh token persisted. `ready` is set once every watch
@@ -172,16 +144,16 @@ pub async fn run(
     } else {
         namespaces.into_iter().map(Some).collect()
     };
-    let mut stores = Vec::new();
+    let mut scopes_ready = Vec::new();
     let mut controllers = Vec::new();
     for namespace in scopes {
-        let (store, controller) = controller_for(context.clone(), namespace, shutdown.clone());
-        stores.push(store);
+        let (scope, controller) = controller_for(context.clone(), namespace, shutdown.clone());
+        scopes_ready.push(scope);
         controllers.push(controller);
     }
     tokio::spawn(async move {
-        for store in stores {
-            if store.wait_until_ready().await.is_err() {
+        for scope in scopes_ready {
+            if !scope.wait_ready().await {
                 return;
             }
         }
@@ -189,6 +161,7 @@ pub async fn run(
         ready.store(true, Ordering::Release);
     });
     futures::future::join_all(controllers).await;
+    context.caches.clear();
     info!("controller stopped");
 }
 
@@ -263,34 +236,133 @@ pub async fn flush_parked(context: &Context, deadline: tokio::time::Instant) -> 
     }
 }
 
+/// The label every Secret this operator creates carries; owned Secrets are watched by it and
+/// every other Secret is watched without it.
+fn owned_selector(equal: bool) -> String {
+    let op = if equal { "=" } else { "!=" };
+    format!("{MANAGED_BY_LABEL}{op}{MANAGED_BY_VALUE}")
+}
+
 fn controller_for(
     context: Arc<Context>,
     namespace: Option<String>,
     shutdown: CancellationToken,
-) -> (Store<OAuthToken>, impl std::future::Future<Output = ()>) {
+) -> (Scope, impl std::future::Future<Output = ()>) {
     let client = context.client.clone();
-    // Metadata only: the controller reads Secret values on demand and never caches them.
-    let (oauth_tokens, secrets): (Api<OAuthToken>, Api<PartialObjectMeta<Secret>>) =
-        match &namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client, ns),
-            ),
-            None => (Api::all(client.clone()), Api::all(client)),
-        };
-    let secret_changes = watcher(secrets, watcher::Config::default())
+    let (oauth_tokens, owned, others): (
+        Api<OAuthToken>,
+        Api<Secret>,
+        Api<PartialObjectMeta<Secret>>,
+    ) = match &namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client, ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client),
+        ),
+    };
+    let (tokens_store, tokens_writer) = reflector::store();
+    let (owned_store, owned_writer) = reflector::store();
+    let (others_store, others_writer) = reflector::store();
+    let index = Arc::new(SecretIndex::default());
+    let scope = Scope {
+        namespace: namespace.clone(),
+        tokens: tokens_store.clone(),
+        owned: owned_store,
+        others: others_store,
+        index: index.clone(),
+    };
+    context.caches.register(scope.clone());
+
+    // OAuthTokens: a reconcile for every spec change (status writes, ours included, do not
+    // bump the generation), with the index of referenced Secrets kept up to date.
+    let ctx = context.clone();
+    let token_index = index.clone();
+    let token_changes = watcher(oauth_tokens, watcher::Config::default())
         .default_backoff()
-        .touched_objects();
-    let controller = Controller::new(oauth_tokens, watcher::Config::default());
-    let store = controller.store();
-    let mapper_store = store.clone();
+        .modify(cache::strip_token)
+        .reflect(tokens_writer)
+        .inspect_ok(move |event| match event {
+            watcher::Event::Init => token_index.clear(),
+            watcher::Event::InitApply(token) | watcher::Event::Apply(token) => {
+                token_index.upsert(token);
+                ctx.caches.delivered_token(token, false);
+            }
+            watcher::Event::Delete(token) => {
+                let namespace = token.namespace().unwrap_or_default();
+                token_index.remove(&namespace, &token.name_any());
+                ctx.caches.delivered_token(token, true);
+                ctx.metrics.forget_token(&namespace, &token.name_any());
+            }
+            watcher::Event::InitDone => {}
+        })
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+
+    // The state and token Secrets, by label. This process's own writes trigger nothing: the
+    // reconcile that made them already knows.
+    let ctx = context.clone();
+    let owned_changes = watcher(
+        owned,
+        watcher::Config::default().labels(&owned_selector(true)),
+    )
+    .default_backoff()
+    .modify(cache::strip_owned_secret)
+    .reflect(owned_writer)
+    .try_filter_map(move |event| {
+        let changed = match event {
+            watcher::Event::InitApply(secret) | watcher::Event::Apply(secret) => {
+                (!ctx.caches.delivered_secret(&secret, false)).then_some(secret)
+            }
+            watcher::Event::Delete(secret) => {
+                ctx.caches.delivered_secret(&secret, true);
+                Some(secret)
+            }
+            watcher::Event::Init | watcher::Event::InitDone => None,
+        };
+        std::future::ready(Ok(changed))
+    });
+
+    // Every other Secret, metadata only: a change reaches the OAuthTokens that reference it
+    // through the index.
+    let ctx = context.clone();
+    let other_changes = watcher(
+        others,
+        watcher::Config::default().labels(&owned_selector(false)),
+    )
+    .default_backoff()
+    .modify(cache::strip_other_secret)
+    .reflect(others_writer)
+    .try_filter_map(move |event| {
+        let changed = match event {
+            watcher::Event::InitApply(meta) | watcher::Event::Apply(meta) => {
+                ctx.caches.delivered_user_secret(&meta, false);
+                Some(meta)
+            }
+            watcher::Event::Delete(meta) => {
+                ctx.caches.delivered_user_secret(&meta, true);
+                Some(meta)
+            }
+            watcher::Event::Init | watcher::Event::InitDone => None,
+        };
+        std::future::ready(Ok(changed))
+    });
+
     info!(
         namespace = namespace.as_deref().unwrap_or("(all)"),
+        concurrency = context.max_concurrent_reconciles,
         "starting the OAuthToken controller"
     );
-    let running = controller
-        .watches_stream(secret_changes, move |secret| {
-            tokens_for_secret(&mapper_store, &secret)
+    let config = controller::Config::default().concurrency(context.max_concurrent_reconciles);
+    let running = Controller::for_stream(token_changes, tokens_store)
+        .with_config(config)
+        .owns_stream(owned_changes)
+        .watches_stream(other_changes, move |meta| {
+            index.readers(&meta.namespace().unwrap_or_default(), &meta.name_any())
         })
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, context)
@@ -299,5 +371,5 @@ fn controller_for(
                 tracing::debug!(%error, "reconcile round ended with an error");
             }
         });
-    (store, running)
+    (scope, running)
 }

@@ -32,10 +32,20 @@ const MAX_REQUEUE: std::time::Duration = std::time::Duration::from_secs(3600);
 pub async fn reconcile(object: Arc<OAuthToken>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = object.namespace().ok_or(Error::MissingNamespace)?;
     let name = object.name_any();
+    if let Some(scope) = ctx.caches.scope_for(&namespace)
+        && !scope.wait_ready().await
+    {
+        return Ok(Action::await_change());
+    }
     let tokens: Api<OAuthToken> = Api::namespaced(ctx.client.clone(), &namespace);
-    // Read afresh: the watch cache can lag behind our own status write, and the status holds
-    // the failure backoff that must not be skipped.
-    let Some(token) = tokens.get_opt(&name).await.map_err(Error::ReadInputs)? else {
+    // The newest version: the watch cache can lag behind our own status write, and the status
+    // holds the failure backoff that must not be skipped.
+    let Some(token) = ctx
+        .caches
+        .token(&tokens, &object)
+        .await
+        .map_err(Error::ReadInputs)?
+    else {
         ctx.metrics.forget_token(&namespace, &name);
         return Ok(Action::await_change());
     };
@@ -59,7 +69,7 @@ pub async fn reconcile(object: Arc<OAuthToken>, ctx: Arc<Context>) -> Result<Act
         next.imported_refresh_token_sha256 = Some(imported);
     }
     if next != previous {
-        tokens
+        let written = tokens
             .patch_status(
                 &name,
                 &PatchParams::default(),
@@ -67,6 +77,7 @@ pub async fn reconcile(object: Arc<OAuthToken>, ctx: Arc<Context>) -> Result<Act
             )
             .await
             .map_err(Error::WriteStatus)?;
+        ctx.caches.wrote_token(&written);
     }
     ctx.metrics.observe_token(
         &namespace,
@@ -112,7 +123,6 @@ struct Run<'a> {
 /// What the reconcile found about the inputs, for the refresh step.
 struct Inputs<'a> {
     settings: &'a Settings,
-    client: &'a ClientCredentials,
     target: Option<&'a Secret>,
     binding: Binding,
     request_fingerprint: String,
@@ -124,7 +134,9 @@ struct Inputs<'a> {
 impl Run<'_> {
     async fn execute(&self) -> Result<Outcome, Error> {
         let fencing = &self.ctx.fencing;
-        let mut chain = match Chain::load(self.secrets, self.token, fencing).await? {
+        let caches = &self.ctx.caches;
+        let namespace = self.token.namespace().unwrap_or_default();
+        let mut chain = match Chain::load(self.secrets, self.token, fencing, caches).await? {
             Ok(chain) => chain,
             Err(ForeignStateSecret) => {
                 let state_name = self.token.state_secret_name();
@@ -146,9 +158,8 @@ impl Run<'_> {
             Ok(settings) => settings,
             Err(message) => return Ok(Outcome::invalid_spec(message)),
         };
-        let target = self
-            .secrets
-            .get_opt(&settings.target_secret)
+        let target = caches
+            .owned_secret(self.secrets, &namespace, &settings.target_secret)
             .await
             .map_err(Error::ReadInputs)?;
         if let Some(existing) = &target
@@ -159,7 +170,8 @@ impl Run<'_> {
                 settings.target_secret
             )));
         }
-        let client = match self.client_credentials(&settings).await? {
+        // The client secret itself is read only when a request is made.
+        let client = match self.client_credentials(&settings, false).await? {
             Ok(client) => client,
             Err(message) => return Ok(Outcome::invalid_spec(message)),
         };
@@ -168,11 +180,18 @@ impl Run<'_> {
         let mut imported = false;
         let mut attempt = 1;
         if let GrantSettings::RefreshToken { import } = &settings.grant {
-            let source = self
-                .secrets
-                .get_opt(&import.secret)
-                .await
-                .map_err(Error::ReadInputs)?;
+            // The import Secret is read only when it changed since the last import.
+            let unchanged = chain.state.import_secret_version.is_some()
+                && caches.user_secret_version(&namespace, &import.secret)
+                    == Some(chain.state.import_secret_version.clone());
+            let source = if unchanged {
+                None
+            } else {
+                caches
+                    .user_secret(self.secrets, &namespace, &import.secret)
+                    .await
+                    .map_err(Error::ReadInputs)?
+            };
             let offered = source.as_ref().and_then(|s| secret_text(s, &import.key));
             // What was imported last: from the state Secret, or, when that is gone, from status.
             let known = chain
@@ -190,6 +209,7 @@ impl Run<'_> {
                         .import(
                             SecretString::from(value),
                             offered_fingerprint,
+                            source.as_ref().and_then(|s| s.resource_version()),
                             binding.clone(),
                         )
                         .await?;
@@ -213,7 +233,7 @@ impl Run<'_> {
                         state: chain.state,
                     });
                 }
-                None if chain.state.refresh_token.is_none() => {
+                None if chain.state.refresh_token.is_none() && !unchanged => {
                     return Ok(Outcome::invalid_spec(format!(
                         "waiting for Secret {} with key {} holding the refresh token from the one-time authorization",
                         import.secret, import.key
@@ -273,7 +293,6 @@ impl Run<'_> {
         debug!(?decision, "refresh decision");
         let inputs = Inputs {
             settings: &settings,
-            client: &client,
             target: target.as_ref(),
             binding,
             request_fingerprint,
@@ -329,9 +348,13 @@ impl Run<'_> {
             Some(refresh) => GrantRequest::RefreshToken(refresh),
             None => GrantRequest::ClientCredentials,
         };
+        let client = match self.client_credentials(inputs.settings, true).await? {
+            Ok(client) => client,
+            Err(message) => return Ok(Outcome::invalid_spec(message)),
+        };
         let request = TokenRequest {
             endpoint: &inputs.settings.endpoint,
-            client: inputs.client,
+            client: &client,
             grant,
             scopes: &spec.scopes,
             audience: spec.audience.as_deref(),
@@ -501,7 +524,7 @@ impl Run<'_> {
         let Some(data) = secrets::target_data(state, self.token.spec.publish_refresh_token) else {
             return Ok(());
         };
-        let wrote = secrets::publish_target(
+        let written = secrets::publish_target(
             self.secrets,
             self.token,
             &settings.target_secret,
@@ -510,7 +533,8 @@ impl Run<'_> {
         )
         .await
         .map_err(Error::PublishToken)?;
-        if wrote {
+        if let Some(written) = written {
+            self.ctx.caches.wrote_secret(&written);
             info!(
                 secret = settings.target_secret,
                 "published the access token"
@@ -519,10 +543,13 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Reads the client's identity. The inner error is a user-facing message.
+    /// Reads the client's identity, and its secret when `with_secret` (without it, the
+    /// secret's Secret is only checked to exist, from the cache). The inner error is a
+    /// user-facing message.
     async fn client_credentials(
         &self,
         settings: &Settings,
+        with_secret: bool,
     ) -> Result<Result<ClientCredentials, String>, Error> {
         let ClientSource {
             method,
@@ -530,13 +557,15 @@ impl Run<'_> {
             id_key,
             secret_key,
         } = &settings.client;
-        let mut cached: Option<(String, Option<Secret>)> = None;
+        let namespace = self.token.namespace().unwrap_or_default();
+        let mut cached: Option<(String, Option<Arc<Secret>>)> = None;
         let mut read =
             async |reference: &settings::KeyRef| -> Result<Result<String, String>, Error> {
                 if cached.as_ref().map(|(n, _)| n) != Some(&reference.secret) {
                     let secret = self
-                        .secrets
-                        .get_opt(&reference.secret)
+                        .ctx
+                        .caches
+                        .user_secret(self.secrets, &namespace, &reference.secret)
                         .await
                         .map_err(Error::ReadInputs)?;
                     cached = Some((reference.secret.clone(), secret));
@@ -558,6 +587,17 @@ impl Run<'_> {
             (None, None) => return Ok(Err("no client id configured".to_string())),
         };
         let client_secret = match secret_key {
+            Some(reference) if !with_secret => {
+                let missing = self
+                    .ctx
+                    .caches
+                    .user_secret_version(&namespace, &reference.secret)
+                    == Some(None);
+                if missing {
+                    return Ok(Err(format!("Secret {} not found", reference.secret)));
+                }
+                None
+            }
             Some(reference) => match read(reference).await? {
                 Ok(secret) => Some(SecretString::from(secret)),
                 Err(message) => return Ok(Err(message)),

@@ -13,6 +13,7 @@ use kube::core::ObjectMeta;
 use kube::{Api, Resource, ResourceExt};
 use secrecy::{ExposeSecret, SecretString};
 
+use super::cache::{data_digest, published_digest};
 use super::state::{TokenState, rfc3339};
 use crate::api::{
     MANAGED_BY_LABEL, MANAGED_BY_VALUE, OAuthToken, OWNER_LABEL, ROLE_STATE, ROLE_TARGET,
@@ -128,25 +129,26 @@ pub fn target_data(
     Some(data)
 }
 
-/// Applies the pod-facing Secret unless it already holds exactly this data and our labels.
-/// Returns whether a write was made.
+/// Applies the pod-facing Secret unless it already holds exactly this data and our labels
+/// (`existing` may come from the cache, which keeps only a digest of the data). Returns the
+/// Secret written, if a write was made.
 pub async fn publish_target(
     secrets: &Api<Secret>,
     token: &OAuthToken,
     name: &str,
     existing: Option<&Secret>,
     data: BTreeMap<String, ByteString>,
-) -> Result<bool, kube::Error> {
+) -> Result<Option<Secret>, kube::Error> {
     let desired_labels = labels(token, ROLE_TARGET);
     let up_to_date = existing.is_some_and(|secret| {
-        secret.data.as_ref() == Some(&data)
+        published_digest(secret) == Some(data_digest(&data))
             && desired_labels
                 .iter()
                 .all(|(k, v)| secret.labels().get(k) == Some(v))
             && controlled_by(secret, token)
     });
     if up_to_date {
-        return Ok(false);
+        return Ok(None);
     }
     let secret = Secret {
         metadata: owned_metadata(token, name, ROLE_TARGET),
@@ -154,12 +156,12 @@ pub async fn publish_target(
         type_: Some("Opaque".to_string()),
         ..Secret::default()
     };
-    secrets
+    let written = secrets
         .patch(
             name,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&secret),
         )
         .await?;
-    Ok(true)
+    Ok(Some(written))
 }

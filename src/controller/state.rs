@@ -26,6 +26,7 @@ const BOUND_CLIENT_ID: &str = "bound_client_id";
 const REJECTED_SHA256: &str = "rejected_refresh_token_sha256";
 const REQUEST_SHA256: &str = "request_sha256";
 const ROTATES: &str = "provider_rotates_refresh_tokens";
+const IMPORT_SECRET_VERSION: &str = "import_secret_resource_version";
 
 /// What the state Secret holds.
 #[derive(Clone, Default)]
@@ -35,6 +36,9 @@ pub struct TokenState {
     /// SHA-256 of the last refresh token imported from the user's Secret, to notice a new one
     /// without keeping a second copy of the value.
     pub imported_fingerprint: Option<String>,
+    /// resourceVersion of the import Secret when its refresh token was imported: while the
+    /// import Secret still has it, there is nothing new to import and nothing to read.
+    pub import_secret_version: Option<String>,
     pub access: Option<AccessToken>,
     /// A presentation of the refresh token that may be in flight, or whose answer was lost.
     pub claim: Option<Claim>,
@@ -96,6 +100,7 @@ impl std::fmt::Debug for TokenState {
         f.debug_struct("TokenState")
             .field("has_refresh_token", &self.refresh_token.is_some())
             .field("imported_fingerprint", &self.imported_fingerprint)
+            .field("import_secret_version", &self.import_secret_version)
             .field("access", &self.access)
             .field("claim", &self.claim)
             .field("binding", &self.binding)
@@ -166,6 +171,7 @@ impl TokenState {
         TokenState {
             refresh_token: text(REFRESH_TOKEN).map(SecretString::from),
             imported_fingerprint: text(IMPORTED_SHA256),
+            import_secret_version: text(IMPORT_SECRET_VERSION),
             access,
             // An unreadable claim is treated as a lost answer by whoever reads it next: see
             // `Chain`. Dropping it silently would allow a second presentation in flight.
@@ -196,6 +202,9 @@ impl TokenState {
         }
         if let Some(fingerprint) = &self.imported_fingerprint {
             put(IMPORTED_SHA256, fingerprint);
+        }
+        if let Some(version) = &self.import_secret_version {
+            put(IMPORT_SECRET_VERSION, version);
         }
         if let Some(claim) = &self.claim {
             put(CLAIM, &serde_json::to_string(claim).unwrap_or_default());
@@ -255,6 +264,7 @@ mod tests {
         let state = TokenState {
             refresh_token: Some(SecretString::from("rt")),
             imported_fingerprint: Some(fingerprint("imported")),
+            import_secret_version: Some("41".into()),
             access: Some(AccessToken {
                 token: SecretString::from("at"),
                 token_type: "Bearer".into(),
@@ -285,6 +295,7 @@ mod tests {
         let read = TokenState::from_secret(&secret);
         assert_eq!(read.refresh_token.unwrap().expose_secret(), "rt");
         assert_eq!(read.imported_fingerprint, state.imported_fingerprint);
+        assert_eq!(read.import_secret_version, state.import_secret_version);
         let access = read.access.unwrap();
         assert_eq!(access.token.expose_secret(), "at");
         assert_eq!(access.expires_at, at(3600));

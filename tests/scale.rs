@@ -1,0 +1,76 @@
+//! A small run of the scale benchmark (`cargo bench --bench scale`), checking the API cost
+//! (counts, never times): no API request and no token request while idle or after a restart, no
+//! read per refresh, and no refresh token presented twice.
+
+#[path = "support/scale.rs"]
+mod scale;
+
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_cost_at_the_floor_for_300_tokens() {
+    let tokens = 300;
+    let report = scale::run(scale::Options {
+        tokens,
+        per_namespace: 100,
+        short_lifetime: Duration::from_secs(12),
+        sustain: Duration::from_secs(16),
+        idle: Duration::from_secs(5),
+        operator_args: Vec::new(),
+        verbose: std::env::var_os("SCALE_VERBOSE").is_some(),
+    })
+    .await;
+    report.print();
+
+    assert_eq!(
+        report.cold_start_token_requests, tokens as u64,
+        "one token request per OAuthToken at a cold start"
+    );
+    assert_eq!(report.idle_token_requests, 0, "idle: no token request");
+    assert_eq!(
+        report.idle_api.point_requests(),
+        0.0,
+        "idle: no API request besides the watches: {:?}",
+        report.idle_api
+    );
+    assert_eq!(
+        report.restart_token_requests, 0,
+        "restart: every token was valid"
+    );
+    assert_eq!(
+        report.restart_api.point_requests(),
+        0.0,
+        "restart: reads come from the caches and nothing needs writing: {:?}",
+        report.restart_api
+    );
+
+    let refreshes = report.sustained_refreshes as f64;
+    assert!(
+        refreshes >= tokens as f64,
+        "every token refreshed at least once in the window: {refreshes}"
+    );
+    let api = &report.sustained_api;
+    assert_eq!(
+        api.verb("get"),
+        0.0,
+        "a refresh reads nothing from the API: {api:?}"
+    );
+    // Rotating refresh tokens (half of them) are claimed, then committed: two state writes.
+    assert!(
+        api.of("update", "secrets") + api.of("create", "secrets") <= 1.5 * refreshes,
+        "state writes: {api:?}"
+    );
+    assert!(
+        api.of("patch", "secrets") <= refreshes,
+        "one token Secret write per refresh: {api:?}"
+    );
+    assert!(
+        api.of("patch", "oauthtokens/status") <= refreshes,
+        "at most one status write per refresh: {api:?}"
+    );
+    assert_eq!(
+        report.reused_refresh_tokens, 0,
+        "no refresh token presented twice"
+    );
+    assert_eq!(report.rejected_requests, 0);
+}
