@@ -72,6 +72,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Claims, parked states and the refresh gate: see [`chain`].
     pub fencing: Fencing,
+    /// HOOK(issue9 health): what liveness is computed from; see [`crate::health`].
+    pub progress: Arc<crate::health::Progress>,
 }
 
 impl Context {
@@ -88,6 +90,7 @@ impl Context {
             tokens,
             jitter: rand::random::<f64>,
             metrics: Arc::default(),
+            progress: Arc::default(),
         }
     }
 }
@@ -163,6 +166,8 @@ pub async fn run(
     shutdown: CancellationToken,
     ready: Arc<AtomicBool>,
 ) {
+    // HOOK(issue9 health): liveness now expects the watches to sync and reconciles to finish.
+    context.progress.controllers_started();
     let mut namespaces = namespaces;
     // A namespace listed twice would get two controllers, and so two refreshes of one token.
     namespaces.sort_unstable();
@@ -179,13 +184,21 @@ pub async fn run(
         stores.push(store);
         controllers.push(controller);
     }
+    // HOOK(issue9 observe): series of deleted OAuthTokens go (the controller never reconciles
+    // a deleted object).
+    let _pruner = crate::observe::spawn_pruner(context.clone(), stores.clone());
+    let progress = context.progress.clone();
     tokio::spawn(async move {
         for store in stores {
-            if store.wait_until_ready().await.is_err() {
+            // HOOK(issue9 health): a store wakes only one waiter and the controller waits on
+            // it too; this one looks again every 100 ms.
+            if crate::health::store_ready(&store).await.is_err() {
                 return;
             }
         }
         info!("watches synced");
+        // HOOK(issue9 health): the initial lists arrived.
+        progress.synced();
         ready.store(true, Ordering::Release);
     });
     futures::future::join_all(controllers).await;
@@ -225,6 +238,9 @@ pub async fn stop(
     let deadline = tokio::time::Instant::now() + grace;
     context.fencing.stop_refreshing();
     controller_stop.cancel();
+    // HOOK(issue9 shutdown): stop waiting as soon as no reconcile is in flight. A controller
+    // whose watch never synced (no CRD, a forbidden watch) never ends by itself.
+    let running = crate::health::until_idle(&context.progress, running);
     if tokio::time::timeout_at(deadline, running).await.is_err() {
         warn!("in-flight reconciles did not finish within the shutdown grace period");
     }
@@ -240,7 +256,16 @@ pub async fn flush_parked(context: &Context, deadline: tokio::time::Instant) -> 
         if !context.fencing.has_parked() {
             return true;
         }
-        let left = chain::flush_parked(&context.client, &context.fencing).await;
+        // HOOK(issue9 shutdown): an API call that hangs must not outlast the deadline.
+        let Ok(left) = tokio::time::timeout_at(
+            deadline,
+            chain::flush_parked(&context.client, &context.fencing),
+        )
+        .await
+        else {
+            error!("writing the token states kept in memory did not finish before the deadline");
+            return false;
+        };
         if left.is_empty() {
             info!("wrote every token state that was kept in memory");
             return true;
@@ -288,16 +313,21 @@ fn controller_for(
         namespace = namespace.as_deref().unwrap_or("(all)"),
         "starting the OAuthToken controller"
     );
+    // HOOK(issue9 health): watch errors come out of the controller's stream.
+    let progress = context.progress.clone();
     let running = controller
         .watches_stream(secret_changes, move |secret| {
             tokens_for_secret(&mapper_store, &secret)
         })
         .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
+        // HOOK(issue9 observe): the reconcile inside a span naming the OAuthToken, tracked.
+        .run(crate::observe::reconcile, error_policy, context)
+        .for_each(move |result| {
             if let Err(error) = result {
-                tracing::debug!(%error, "reconcile round ended with an error");
+                // HOOK(issue9 health): watch errors are logged at ERROR and feed liveness.
+                progress.controller_error(&error);
             }
+            futures::future::ready(())
         });
     (store, running)
 }

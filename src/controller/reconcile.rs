@@ -19,7 +19,7 @@ use super::state::{AccessToken, Binding, TokenState, fingerprint};
 use super::status::{self, Outcome};
 use super::{Context, Error};
 use crate::api::conditions::reason;
-use crate::api::{OAuthToken, OAuthTokenStatus, conditions};
+use crate::api::{OAuthToken, OAuthTokenStatus};
 use crate::oauth::{ClientCredentials, FailureKind, GrantRequest, OAuthError, TokenRequest, jwt};
 use crate::schedule::{self, Decision, FailureClass, Observed, RefreshReason};
 
@@ -36,7 +36,8 @@ pub async fn reconcile(object: Arc<OAuthToken>, ctx: Arc<Context>) -> Result<Act
     // Read afresh: the watch cache can lag behind our own status write, and the status holds
     // the failure backoff that must not be skipped.
     let Some(token) = tokens.get_opt(&name).await.map_err(Error::ReadInputs)? else {
-        ctx.metrics.forget_token(&namespace, &name);
+        // HOOK(issue9 observe): series and liveness bookkeeping of a deleted OAuthToken go.
+        crate::observe::token_deleted(&ctx, &namespace, &name);
         return Ok(Action::await_change());
     };
     if token.metadata.deletion_timestamp.is_some() {
@@ -68,12 +69,8 @@ pub async fn reconcile(object: Arc<OAuthToken>, ctx: Arc<Context>) -> Result<Act
             .await
             .map_err(Error::WriteStatus)?;
     }
-    ctx.metrics.observe_token(
-        &namespace,
-        &name,
-        conditions::is_true(&next.conditions, conditions::READY),
-        next.expires_at.map(|at| at.timestamp()),
-    );
+    // HOOK(issue9 observe): per-token metrics from the new status; when the next reconcile is due.
+    crate::observe::token_status(&ctx, &namespace, &name, &next);
     publish_events(&ctx, &token, &previous, &next, &outcome).await;
     Ok(requeue_for(&outcome, now))
 }
