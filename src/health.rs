@@ -45,7 +45,9 @@ enum Mode {
 struct Streak {
     first: Instant,
     last: Instant,
-    logged: Option<Instant>,
+    /// When each distinct error (two watches fail differently: no CRD, no RBAC for Secrets)
+    /// was last logged.
+    logged: HashMap<String, Instant>,
 }
 
 #[derive(Debug)]
@@ -145,28 +147,34 @@ impl Progress {
         self.lock().errors = None;
     }
 
-    /// A watch failed (it is retried with a backoff). Logs at ERROR on the first failure of a
-    /// streak and then once a minute while it lasts; `hint` says what to check.
+    /// A watch failed (it is retried with a backoff). Logs each distinct error at ERROR when
+    /// first seen in a streak and then once a minute while it lasts, with a hint on what to
+    /// check.
     pub fn watch_failed(&self, error: &dyn std::fmt::Display, status: Option<u16>) {
         let now = Instant::now();
         let mut inner = self.lock();
-        let streak = match inner.errors.take() {
+        let mut streak = match inner.errors.take() {
             Some(streak) if now.duration_since(streak.last) <= ERROR_STREAK_GAP => streak,
             _ => Streak {
                 first: now,
                 last: now,
-                logged: None,
+                logged: HashMap::new(),
             },
         };
+        streak.last = now;
+        let text = error.to_string();
         let log = streak
             .logged
-            .is_none_or(|at| now.duration_since(at) >= ERROR_LOG_INTERVAL);
+            .get(&text)
+            .is_none_or(|at| now.duration_since(*at) >= ERROR_LOG_INTERVAL);
+        if log {
+            if streak.logged.len() >= 16 {
+                streak.logged.clear();
+            }
+            streak.logged.insert(text, now);
+        }
         let failing_for = now.duration_since(streak.first);
-        inner.errors = Some(Streak {
-            last: now,
-            logged: if log { Some(now) } else { streak.logged },
-            ..streak
-        });
+        inner.errors = Some(streak);
         drop(inner);
         if log {
             let hint = match status {
@@ -397,6 +405,21 @@ mod tests {
         assert!(verdict.is_err(), "{verdict:?}");
         progress.watch_ok();
         assert!(progress.liveness().is_ok());
+    }
+
+    #[test]
+    fn each_distinct_watch_error_is_logged_once_a_minute() {
+        let progress = running(Duration::from_secs(60));
+        progress.watch_failed(&"no CRD", Some(404));
+        progress.watch_failed(&"secrets forbidden", Some(403));
+        progress.watch_failed(&"no CRD", Some(404));
+        let inner = progress.lock();
+        let logged = &inner.errors.as_ref().unwrap().logged;
+        assert_eq!(
+            logged.len(),
+            2,
+            "both errors were logged, the repeat was not"
+        );
     }
 
     #[test]
