@@ -908,3 +908,40 @@ async fn e2e_missing_crd_is_an_error_and_sigterm_ends_promptly() {
     println!("stopped {took:?} after SIGTERM");
     assert!(took < Duration::from_secs(5), "SIGTERM took {took:?}");
 }
+
+/// An operator whose RBAC allows nothing says so at ERROR, at the default log level, within
+/// seconds, for each watch it cannot list. Needs a real cluster (RBAC, TokenRequest).
+#[tokio::test]
+async fn e2e_forbidden_watch_is_an_error() {
+    let env = Env::new("forbidden").await;
+    if !env.is_real_cluster() {
+        println!("skipped: the test server does not enforce RBAC");
+        return;
+    }
+    let kubeconfig = env.kubeconfig_without_rights().await;
+    let started = Instant::now();
+    let mut operator = Operator::start_as(
+        &env,
+        &kubeconfig,
+        &["--no-leader-election", "--liveness-stall-timeout", "2s"],
+        None,
+    );
+    for resource in ["oauthtokens", "secrets"] {
+        let line = wait_for("an ERROR about RBAC", Duration::from_secs(15), || async {
+            operator.logs().into_iter().find(|line| {
+                line.contains("ERROR")
+                    && line.contains("RBAC")
+                    && line.contains(&format!("cannot list resource \"{resource}\""))
+            })
+        })
+        .await;
+        println!("after {:?}: {line}", started.elapsed());
+    }
+    wait_for("/healthz to fail", Duration::from_secs(10), || async {
+        (operator.get("/healthz").await.0 == 503).then_some(())
+    })
+    .await;
+    let stopping = Instant::now();
+    operator.terminate().await;
+    assert!(stopping.elapsed() < Duration::from_secs(5));
+}

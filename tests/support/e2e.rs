@@ -97,6 +97,46 @@ impl Env {
         self.real_cluster
     }
 
+    /// A kubeconfig for a new ServiceAccount of the test's namespace that has no RBAC rights at
+    /// all (a real cluster only: it needs the TokenRequest API and RBAC). Written into the
+    /// test's temporary directory.
+    pub async fn kubeconfig_without_rights(&self) -> PathBuf {
+        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        accounts
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": "nobody"}})).unwrap(),
+            )
+            .await
+            .unwrap();
+        let request = http::Request::post(format!(
+            "/api/v1/namespaces/{}/serviceaccounts/nobody/token",
+            self.namespace
+        ))
+        .header("Content-Type", "application/json")
+        .body(
+            serde_json::to_vec(&json!({
+                "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                "spec": {"expirationSeconds": 600},
+            }))
+            .unwrap(),
+        )
+        .unwrap();
+        let answer: Value = self.client.request(request).await.unwrap();
+        let token = answer["status"]["token"].as_str().unwrap().to_string();
+        let mut config: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&self.kubeconfig).unwrap()).unwrap();
+        config["users"] =
+            serde_yaml::to_value(json!([{"name": "nobody", "user": {"token": token}}])).unwrap();
+        for context in config["contexts"].as_sequence_mut().unwrap() {
+            context["context"]["user"] = "nobody".into();
+        }
+        let path = self._dir.path().join("nobody.kubeconfig");
+        std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+        path
+    }
+
     /// Stops the in-process test server for good: every watch is cut and every request is
     /// refused from now on. Returns false on a real cluster.
     pub async fn stop_api_server(&mut self) -> bool {
@@ -336,6 +376,16 @@ impl Operator {
 
     /// Starts with `RUST_LOG` set to `rust_log`, or unset.
     pub fn start_logging(env: &Env, extra_args: &[&str], rust_log: Option<&str>) -> Operator {
+        Operator::start_as(env, &env.kubeconfig, extra_args, rust_log)
+    }
+
+    /// Starts with another kubeconfig (another identity), `RUST_LOG` as in [`start_logging`].
+    pub fn start_as(
+        env: &Env,
+        kubeconfig: &std::path::Path,
+        extra_args: &[&str],
+        rust_log: Option<&str>,
+    ) -> Operator {
         let http_port = free_port();
         let mut args: Vec<String> = vec![
             "run".into(),
@@ -353,7 +403,7 @@ impl Operator {
         let mut operator = Operator {
             child: None,
             args,
-            kubeconfig: env.kubeconfig.clone(),
+            kubeconfig: kubeconfig.to_path_buf(),
             // Like a pod name: a restarted process keeps it, and so keeps its lease.
             identity: format!("operator-{:08x}", rand::random::<u32>()),
             http_port,
