@@ -207,10 +207,13 @@ pub async fn run_as_leader(
     // HOOK(issue9 health): leading now: ready again only once the watches synced.
     ready.store(false, Ordering::Release);
     context.metrics.leader.set(1);
+    let metrics = context.metrics.clone();
     let ended = async {
         tokio::select! {
             _ = shutdown.cancelled() => false,
             _ = leadership.lost() => {
+                // HOOK(issue9 metrics): not the leader from this moment on.
+                metrics.leader.set(0);
                 tracing::error!("lost the leader lease; stopping so that another replica can lead");
                 true
             }
