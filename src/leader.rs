@@ -20,6 +20,8 @@ use crate::controller::{self, Context};
 /// How often a standby replica looks at the Lease. A released lease is noticed within this
 /// time, so a graceful hand-over takes about a second instead of a lease duration.
 const STANDBY_POLL: Duration = Duration::from_secs(1);
+/// Longest wait for the Lease release when stopping.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Lease settings.
 #[derive(Clone, Debug)]
@@ -187,6 +189,9 @@ pub async fn run_as_leader(
     ready: Arc<AtomicBool>,
 ) -> bool {
     // A standby replica is healthy and ready: it has nothing to sync until it leads.
+    // standing by; liveness has nothing to watch.
+    context.progress.standby();
+    context.metrics.leader.set(0);
     ready.store(true, Ordering::Release);
     let mut leadership = tokio::select! {
         acquired = acquire(client, &lease) => match acquired {
@@ -199,19 +204,36 @@ pub async fn run_as_leader(
         _ = shutdown.cancelled() => return true,
     };
     context.fencing.resume_refreshing();
+    // leading now: ready again only once the watches synced.
+    ready.store(false, Ordering::Release);
+    context.metrics.leader.set(1);
+    let metrics = context.metrics.clone();
     let ended = async {
         tokio::select! {
             _ = shutdown.cancelled() => false,
             _ = leadership.lost() => {
+                // not the leader from this moment on.
+                metrics.leader.set(0);
                 tracing::error!("lost the leader lease; stopping so that another replica can lead");
                 true
             }
         }
     };
-    let (flushed, lost) = controller::run_until(context, namespaces, ready, grace, ended).await;
+    let (flushed, lost) =
+        controller::run_until(context.clone(), namespaces, ready, grace, ended).await;
     let lost = lost.unwrap_or(false);
+    // no longer leading.
+    context.progress.standby();
+    context.metrics.leader.set(0);
     if flushed {
-        leadership.release().await;
+        // releasing is a courtesy (the lease expires anyway); an API
+        // that does not answer must not hold up the exit.
+        if tokio::time::timeout(RELEASE_TIMEOUT, leadership.release())
+            .await
+            .is_err()
+        {
+            tracing::warn!("releasing the leader lease timed out; it expires by itself");
+        }
     } else {
         // The claim on each of those chains stays in its state Secret: the next leader waits
         // it out and then treats the answer as lost.

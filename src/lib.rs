@@ -6,9 +6,11 @@
 pub mod api;
 pub mod apiclient;
 pub mod controller;
+pub mod health;
 pub mod leader;
 pub mod metrics;
 pub mod oauth;
+pub mod observe;
 pub mod schedule;
 pub mod server;
 pub mod telemetry;

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use kube::runtime::events::Reporter;
 use oauth_token_operator::apiclient;
 use oauth_token_operator::controller::{self, Context};
+use oauth_token_operator::health::{self, Progress};
 use oauth_token_operator::leader::{self, LeaseOptions};
 use oauth_token_operator::metrics::Metrics;
 use oauth_token_operator::oauth::{ClientOptions, DEFAULT_MAX_RESPONSE_BYTES, TokenClient};
@@ -15,6 +16,10 @@ use oauth_token_operator::server::{self, Health};
 use oauth_token_operator::telemetry::{self, LogFormat};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
+
+/// Time allowed beyond `--shutdown-grace-period` for releasing the Lease and stopping the HTTP
+/// server before the process exits regardless.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
 
 /// Keeps OAuth 2.0 access tokens fresh in Kubernetes Secrets.
 #[derive(Parser)]
@@ -69,6 +74,11 @@ struct RunArgs {
     /// second on two cores.
     #[arg(long, default_value_t = controller::DEFAULT_MAX_CONCURRENT_RECONCILES, value_parser = clap::value_parser!(u16).range(1..))]
     max_concurrent_reconciles: u16,
+    /// /healthz fails once the controller has made no progress for this long: watches not
+    /// synced or failing, a reconcile running, or a token's refresh overdue. A replica standing
+    /// by for leadership is always healthy.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    liveness_stall_timeout: Duration,
     /// Log format.
     #[arg(
         long,
@@ -82,15 +92,30 @@ struct RunArgs {
     log_level: String,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Crd => {
             print!("{}", oauth_token_operator::crd_yaml());
             ExitCode::SUCCESS
         }
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("could not start the async runtime: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let code = runtime.block_on(run(args));
+            // Everything that matters is done; tasks still parked on the API (a watch in
+            // backoff, a blocking DNS lookup) must not hold up the exit.
+            runtime.shutdown_timeout(Duration::from_millis(500));
+            code
+        }
     }
 }
 
@@ -130,15 +155,24 @@ async fn run(args: RunArgs) -> ExitCode {
     let context = Arc::new(Context {
         metrics,
         max_concurrent_reconciles: args.max_concurrent_reconciles,
+        progress: Arc::new(Progress::new(args.liveness_stall_timeout)),
         ..Context::new(client.clone(), tokens, reporter)
     });
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
+    // whatever hangs, the process exits this long after shutdown began.
+    let exit_limit = args.shutdown_grace_period + SHUTDOWN_MARGIN;
+    let watchdog = shutdown.clone();
+    tokio::spawn(async move {
+        watchdog.cancelled().await;
+        health::exit_after(exit_limit);
+    });
 
     let health = Health {
         metrics: context.metrics.clone(),
         ready: ready.clone(),
+        progress: context.progress.clone(),
     };
     let server_stop = shutdown.clone();
     let server = tokio::spawn(server::serve(args.http_addr, health, async move {
@@ -199,6 +233,8 @@ async fn run_alone(
     grace: Duration,
     ready: Arc<AtomicBool>,
 ) -> bool {
+    // without election this replica always acts as the leader.
+    context.metrics.leader.set(1);
     let (flushed, _) =
         controller::run_until(context, namespaces, ready, grace, shutdown.cancelled()).await;
     flushed

@@ -1,6 +1,8 @@
 //! Prometheus metrics (OpenMetrics text). Labels are static categories or the OAuthToken's
 //! namespace and name: never a token, an error message or a URL.
 
+use std::collections::BTreeSet;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
@@ -8,10 +10,24 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
+use crate::api::{OAuthTokenStatus, conditions};
 use crate::oauth::{FailureKind, Issued, OAuthError};
+
+/// Buckets of the token request histogram, in seconds: from fast answers to beyond the longest
+/// sensible `--token-request-timeout` (default 30 s), so timeouts land in a bucket of their own.
+pub const REQUEST_DURATION_BUCKETS: [f64; 16] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0,
+];
+
+/// The revision the binary was built from: `GIT_REVISION` at build time, else `unknown`.
+pub const REVISION: &str = match option_env!("GIT_REVISION") {
+    Some(revision) if !revision.is_empty() => revision,
+    _ => "unknown",
+};
 
 /// Outcome of one token request, as counted.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -61,8 +77,15 @@ pub struct Metrics {
     pub endpoint_responses: Family<StatusClassLabels, Counter>,
     pub access_token_expiry: Family<TokenLabels, Gauge<f64, AtomicU64>>,
     pub ready: Family<TokenLabels, Gauge>,
+    pub reauthorization_required: Family<TokenLabels, Gauge>,
+    pub last_successful_refresh: Family<TokenLabels, Gauge<f64, AtomicU64>>,
+    pub next_refresh: Family<TokenLabels, Gauge<f64, AtomicU64>>,
     pub reconcile_errors: Family<CategoryLabels, Counter>,
     pub kube_api_requests: Family<ApiRequestLabels, Counter>,
+    /// 1 while this replica holds the leader Lease or runs without leader election.
+    pub leader: Gauge,
+    /// `(namespace, name)` of every OAuthToken with per-token series.
+    tokens: Mutex<BTreeSet<(String, String)>>,
 }
 
 impl Default for Metrics {
@@ -74,7 +97,21 @@ impl Default for Metrics {
             "Token requests by result",
             refresh_attempts.clone(),
         );
-        let refresh_duration = Histogram::new(exponential_buckets(0.01, 2.0, 12));
+        registry.register(
+            "build",
+            "Version and source revision of the running binary",
+            Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("revision", REVISION),
+            ]),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease or runs without leader election, else 0",
+            leader.clone(),
+        );
+        let refresh_duration = Histogram::new(REQUEST_DURATION_BUCKETS);
         registry.register(
             "refresh_duration_seconds",
             "Duration of token requests, from sending to a classified answer",
@@ -98,6 +135,24 @@ impl Default for Metrics {
             "1 when the OAuthToken's Ready condition is True, else 0",
             ready.clone(),
         );
+        let reauthorization_required = Family::<TokenLabels, Gauge>::default();
+        registry.register(
+            "reauthorization_required",
+            "1 when the OAuthToken's ReauthorizationRequired condition is True, else 0",
+            reauthorization_required.clone(),
+        );
+        let last_successful_refresh = Family::<TokenLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "last_successful_refresh_timestamp_seconds",
+            "When an access token was last obtained successfully, as a Unix timestamp",
+            last_successful_refresh.clone(),
+        );
+        let next_refresh = Family::<TokenLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "next_refresh_timestamp_seconds",
+            "When the operator will next request a token, as a Unix timestamp",
+            next_refresh.clone(),
+        );
         let reconcile_errors = Family::<CategoryLabels, Counter>::default();
         registry.register(
             "reconcile_errors",
@@ -118,7 +173,12 @@ impl Default for Metrics {
             endpoint_responses,
             access_token_expiry,
             ready,
+            reauthorization_required,
+            last_successful_refresh,
+            next_refresh,
             reconcile_errors,
+            leader,
+            tokens: Mutex::default(),
         }
     }
 }
@@ -172,23 +232,47 @@ impl Metrics {
             .inc();
     }
 
-    /// Sets the per-token gauges from a status.
-    pub fn observe_token(&self, namespace: &str, name: &str, ready: bool, expires_at: Option<i64>) {
+    /// Sets the per-token series from an OAuthToken's status. A timestamp the status does not
+    /// have removes its series.
+    pub fn observe_status(&self, namespace: &str, name: &str, status: &OAuthTokenStatus) {
         let labels = TokenLabels {
             namespace: namespace.to_string(),
             name: name.to_string(),
         };
+        self.known_tokens()
+            .insert((namespace.to_string(), name.to_string()));
+        let ready = conditions::is_true(&status.conditions, conditions::READY);
+        let reauthorize =
+            conditions::is_true(&status.conditions, conditions::REAUTHORIZATION_REQUIRED);
         self.ready.get_or_create(&labels).set(i64::from(ready));
-        match expires_at {
-            Some(at) => {
-                self.access_token_expiry
-                    .get_or_create(&labels)
-                    .set(at as f64);
-            }
-            None => {
-                self.access_token_expiry.remove(&labels);
+        self.reauthorization_required
+            .get_or_create(&labels)
+            .set(i64::from(reauthorize));
+        for (family, at) in [
+            (&self.access_token_expiry, status.expires_at),
+            (&self.last_successful_refresh, status.last_refresh_at),
+            (&self.next_refresh, status.next_refresh_at),
+        ] {
+            match at {
+                Some(at) => {
+                    family.get_or_create(&labels).set(at.timestamp() as f64);
+                }
+                None => {
+                    family.remove(&labels);
+                }
             }
         }
+    }
+
+    /// `(namespace, name)` of every OAuthToken that has per-token series.
+    pub fn tokens(&self) -> Vec<(String, String)> {
+        self.known_tokens().iter().cloned().collect()
+    }
+
+    fn known_tokens(&self) -> std::sync::MutexGuard<'_, BTreeSet<(String, String)>> {
+        self.tokens
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Drops the per-token series of a deleted OAuthToken.
@@ -197,8 +281,13 @@ impl Metrics {
             namespace: namespace.to_string(),
             name: name.to_string(),
         };
+        self.known_tokens()
+            .remove(&(namespace.to_string(), name.to_string()));
         self.ready.remove(&labels);
+        self.reauthorization_required.remove(&labels);
         self.access_token_expiry.remove(&labels);
+        self.last_successful_refresh.remove(&labels);
+        self.next_refresh.remove(&labels);
     }
 }
 
@@ -214,7 +303,8 @@ mod tests {
         metrics.count_response(Some(200));
         metrics.count_response(None);
         metrics.refresh_duration.observe(0.2);
-        metrics.observe_token("shop", "allegro", true, Some(1_700_000_000));
+        metrics.observe_status("shop", "allegro", &status(true, false));
+        metrics.leader.set(1);
         let text = metrics.encode();
         for expected in [
             "oauth_token_operator_refresh_attempts_total{result=\"success\"} 1",
@@ -224,6 +314,12 @@ mod tests {
             "oauth_token_operator_refresh_duration_seconds_count 1",
             "oauth_token_operator_ready{namespace=\"shop\",name=\"allegro\"} 1",
             "oauth_token_operator_access_token_expiry_timestamp_seconds{namespace=\"shop\",name=\"allegro\"} 1700000000",
+            "oauth_token_operator_last_successful_refresh_timestamp_seconds{namespace=\"shop\",name=\"allegro\"} 1699996400",
+            "oauth_token_operator_next_refresh_timestamp_seconds{namespace=\"shop\",name=\"allegro\"} 1699998800",
+            "oauth_token_operator_reauthorization_required{namespace=\"shop\",name=\"allegro\"} 0",
+            "oauth_token_operator_leader 1",
+            "oauth_token_operator_build_info{version=\"",
+            "oauth_token_operator_refresh_duration_seconds_bucket{le=\"60.0\"} 1",
         ] {
             assert!(text.contains(expected), "missing {expected} in\n{text}");
         }
@@ -233,8 +329,60 @@ mod tests {
     #[test]
     fn deleted_tokens_leave_no_series() {
         let metrics = Metrics::default();
-        metrics.observe_token("shop", "allegro", false, None);
+        metrics.observe_status("shop", "allegro", &status(false, true));
+        assert!(metrics.encode().contains(
+            "oauth_token_operator_reauthorization_required{namespace=\"shop\",name=\"allegro\"} 1"
+        ));
+        assert_eq!(
+            metrics.tokens(),
+            [("shop".to_string(), "allegro".to_string())]
+        );
         metrics.forget_token("shop", "allegro");
         assert!(!metrics.encode().contains("allegro"));
+        assert!(metrics.tokens().is_empty());
+    }
+
+    #[test]
+    fn request_buckets_reach_beyond_the_request_timeout() {
+        assert!(REQUEST_DURATION_BUCKETS.last().copied().unwrap() >= 60.0);
+        assert!(REQUEST_DURATION_BUCKETS.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    fn status(ready: bool, reauthorize: bool) -> OAuthTokenStatus {
+        use chrono::TimeZone;
+        let at = |s| Some(chrono::Utc.timestamp_opt(s, 0).unwrap());
+        let mut status = OAuthTokenStatus {
+            expires_at: at(1_700_000_000),
+            last_refresh_at: at(1_699_996_400),
+            next_refresh_at: at(1_699_998_800),
+            ..OAuthTokenStatus::default()
+        };
+        let now = chrono::Utc::now();
+        let flag = |b: bool| {
+            if b {
+                conditions::TRUE
+            } else {
+                conditions::FALSE
+            }
+        };
+        conditions::set(
+            &mut status.conditions,
+            conditions::READY,
+            flag(ready),
+            "R",
+            "m".to_string(),
+            None,
+            now,
+        );
+        conditions::set(
+            &mut status.conditions,
+            conditions::REAUTHORIZATION_REQUIRED,
+            flag(reauthorize),
+            "R",
+            "m".to_string(),
+            None,
+            now,
+        );
+        status
     }
 }

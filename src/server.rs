@@ -10,6 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+use crate::health::Progress;
 use crate::metrics::Metrics;
 
 /// What the endpoints report on.
@@ -18,14 +19,29 @@ pub struct Health {
     pub metrics: Arc<Metrics>,
     /// Set once the operator either stands by for leadership or has synced its watches.
     pub ready: Arc<AtomicBool>,
+    /// Whether the controller makes progress: `/healthz`.
+    pub progress: Arc<Progress>,
 }
 
 pub fn router(health: Health) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(health)
+}
+
+async fn healthz(State(health): State<Health>) -> impl IntoResponse {
+    match health.progress.liveness() {
+        Ok(()) => (StatusCode::OK, "ok".to_string()),
+        Err(reason) => {
+            tracing::warn!(%reason, "liveness check failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("stalled: {reason}"),
+            )
+        }
+    }
 }
 
 async fn readyz(State(health): State<Health>) -> impl IntoResponse {

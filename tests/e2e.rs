@@ -118,7 +118,7 @@ async fn introspect(provider: &OidcProvider, client: Client, token: &str) -> Val
 #[tokio::test]
 async fn e2e_first_token_within_seconds() {
     let (env, provider, secrets) = setup("first", 60).await;
-    let operator = Operator::start(&env);
+    let operator = Operator::start_with(&env, &["--log-format", "json"]);
     let started = Instant::now();
     create_chain(&env, &provider, &secrets, "shop", BASIC_CLIENT, json!({})).await;
 
@@ -155,17 +155,65 @@ async fn e2e_first_token_within_seconds() {
         let url = format!("{}{path}", operator.http_url());
         async move { http.get(url).send().await.unwrap() }
     };
-    assert_eq!(get("/healthz").await.status(), 200);
-    assert_eq!(get("/readyz").await.status(), 200);
+    let (health, body) = operator.get("/healthz").await;
+    assert_eq!(health, 200, "{body}");
+    // Ready once the watches synced (looked at every 100 ms), which may be after the token.
+    wait_for("/readyz", Duration::from_secs(5), || async {
+        (operator.get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
     let metrics = get("/metrics").await.text().await.unwrap();
-    for series in [
-        "oauth_token_operator_refresh_attempts_total{result=\"success\"} 1",
-        "oauth_token_operator_token_endpoint_responses_total{status_class=\"2xx\"} 1",
-        "oauth_token_operator_ready{namespace=",
-        "oauth_token_operator_access_token_expiry_timestamp_seconds{namespace=",
+    let token_labels = format!("{{namespace=\"{}\",name=\"shop\"}}", env.namespace);
+    let mut expected = vec![
+        "oauth_token_operator_refresh_attempts_total{result=\"success\"} 1".to_string(),
+        "oauth_token_operator_token_endpoint_responses_total{status_class=\"2xx\"} 1".to_string(),
+        "oauth_token_operator_refresh_duration_seconds_bucket{le=\"60.0\"} 1".to_string(),
+        "oauth_token_operator_refresh_duration_seconds_bucket{le=\"120.0\"} 1".to_string(),
+        format!(
+            "oauth_token_operator_build_info{{version=\"{}\",revision=\"",
+            env!("CARGO_PKG_VERSION")
+        ),
+        "oauth_token_operator_leader 1".to_string(),
+        format!("oauth_token_operator_ready{token_labels} 1"),
+        format!("oauth_token_operator_reauthorization_required{token_labels} 0"),
+    ];
+    for family in [
+        "access_token_expiry_timestamp_seconds",
+        "last_successful_refresh_timestamp_seconds",
+        "next_refresh_timestamp_seconds",
     ] {
+        expected.push(format!("oauth_token_operator_{family}{token_labels} "));
+    }
+    for series in &expected {
         assert!(metrics.contains(series), "missing {series} in\n{metrics}");
     }
+    // Timestamps are those of status.
+    let scraped = |family: &str| -> f64 {
+        let prefix = format!("oauth_token_operator_{family}{token_labels} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let unix = |field: &str| {
+        chrono::DateTime::parse_from_rfc3339(status[field].as_str().unwrap())
+            .unwrap()
+            .timestamp() as f64
+    };
+    assert_eq!(
+        scraped("access_token_expiry_timestamp_seconds"),
+        unix("expiresAt")
+    );
+    assert_eq!(
+        scraped("last_successful_refresh_timestamp_seconds"),
+        unix("lastRefreshAt")
+    );
+    assert_eq!(
+        scraped("next_refresh_timestamp_seconds"),
+        unix("nextRefreshAt")
+    );
     for value in secrets.values() {
         assert!(
             !metrics.contains(&value),
@@ -173,6 +221,31 @@ async fn e2e_first_token_within_seconds() {
         );
     }
     operator.assert_no_secret_in_logs(&secrets);
+
+    // JSON log lines written during the reconcile name the OAuthToken at the top level.
+    let issued: Value = operator
+        .logs()
+        .iter()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|line| line["message"] == "token issued")
+        .expect("a JSON line for the issued token");
+    assert_eq!(issued["namespace"], env.namespace.as_str(), "{issued}");
+    assert_eq!(issued["name"], "shop", "{issued}");
+
+    // A deleted OAuthToken leaves no series behind.
+    env.tokens()
+        .delete("shop", &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(
+        "the per-token series to go",
+        Duration::from_secs(20),
+        || async {
+            let (_, metrics) = operator.get("/metrics").await;
+            (!metrics.contains(&token_labels)).then_some(())
+        },
+    )
+    .await;
 }
 
 /// Scenario 2: short-lived tokens are refreshed ahead of expiry, again and again, on one chain.
@@ -749,4 +822,126 @@ async fn e2e_frozen_leader_with_a_request_in_flight_loses_no_chain() {
     .await;
     first.assert_no_secret_in_logs(&secrets);
     second.assert_no_secret_in_logs(&secrets);
+}
+
+/// The Kubernetes API goes away for good (the test server stops): without leader election
+/// nothing else ends the process, so /healthz must report the stall within the configured time
+/// (plus the watch backoff), and SIGTERM still ends the process promptly.
+#[tokio::test]
+async fn e2e_liveness_fails_when_the_watches_stay_cut() {
+    let (mut env, provider, secrets) = setup("liveness", 60).await;
+    if env.is_real_cluster() {
+        println!("skipped: stopping the API server needs the in-process test server");
+        return;
+    }
+    let mut operator = Operator::start_with(
+        &env,
+        &["--no-leader-election", "--liveness-stall-timeout", "3s"],
+    );
+    create_chain(&env, &provider, &secrets, "shop", BASIC_CLIENT, json!({})).await;
+    wait_for_new_token(&env, "shop", None, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (status, body) = operator.get("/healthz").await;
+    assert_eq!(status, 200, "healthy while it works: {body}");
+    assert_eq!(operator.get("/readyz").await.0, 200);
+
+    assert!(env.stop_api_server().await);
+    let cut = Instant::now();
+    let body = wait_for("/healthz to fail", Duration::from_secs(40), || async {
+        let (status, body) = operator.get("/healthz").await;
+        (status == 503).then_some(body)
+    })
+    .await;
+    let elapsed = cut.elapsed();
+    println!("/healthz failed {elapsed:?} after the API server stopped: {body}");
+    assert!(
+        elapsed >= Duration::from_secs(3),
+        "not before the stall timeout"
+    );
+    assert!(body.contains("failing"), "{body}");
+
+    let stopping = Instant::now();
+    operator.terminate().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "SIGTERM took {:?}",
+        stopping.elapsed()
+    );
+}
+
+/// Without the CRD the operator says so at ERROR, at the default log level, within seconds;
+/// liveness and readiness fail; and SIGTERM ends it promptly (it used to wait out the whole
+/// grace period for a controller whose watch never synced).
+#[tokio::test]
+async fn e2e_missing_crd_is_an_error_and_sigterm_ends_promptly() {
+    let Some(env) = Env::without_crd("nocrd").await else {
+        println!("skipped: a real cluster's CRD is shared and stays installed");
+        return;
+    };
+    let started = Instant::now();
+    let mut operator = Operator::start_logging(&env, &["--liveness-stall-timeout", "2s"], None);
+    let line = wait_for(
+        "an ERROR about the CRD",
+        Duration::from_secs(10),
+        || async {
+            operator
+                .logs()
+                .into_iter()
+                .find(|line| line.contains("ERROR") && line.contains("CRD is not installed"))
+        },
+    )
+    .await;
+    println!("logged after {:?}: {line}", started.elapsed());
+    wait_for("/healthz to fail", Duration::from_secs(10), || async {
+        (operator.get("/healthz").await.0 == 503).then_some(())
+    })
+    .await;
+    assert_eq!(operator.get("/readyz").await.0, 503);
+    assert!(
+        operator.logs().iter().all(|line| !line.contains("DEBUG")),
+        "RUST_LOG unset: the default level applies"
+    );
+
+    let stopping = Instant::now();
+    operator.terminate().await;
+    let took = stopping.elapsed();
+    println!("stopped {took:?} after SIGTERM");
+    assert!(took < Duration::from_secs(5), "SIGTERM took {took:?}");
+}
+
+/// An operator whose RBAC allows nothing says so at ERROR, at the default log level, within
+/// seconds, for each watch it cannot list. Needs a real cluster (RBAC, TokenRequest).
+#[tokio::test]
+async fn e2e_forbidden_watch_is_an_error() {
+    let env = Env::new("forbidden").await;
+    if !env.is_real_cluster() {
+        println!("skipped: the test server does not enforce RBAC");
+        return;
+    }
+    let kubeconfig = env.kubeconfig_without_rights().await;
+    let started = Instant::now();
+    let mut operator = Operator::start_as(
+        &env,
+        &kubeconfig,
+        &["--no-leader-election", "--liveness-stall-timeout", "2s"],
+        None,
+    );
+    for resource in ["oauthtokens", "secrets"] {
+        let line = wait_for("an ERROR about RBAC", Duration::from_secs(15), || async {
+            operator.logs().into_iter().find(|line| {
+                line.contains("ERROR")
+                    && line.contains("RBAC")
+                    && line.contains(&format!("cannot list resource \"{resource}\""))
+            })
+        })
+        .await;
+        println!("after {:?}: {line}", started.elapsed());
+    }
+    wait_for("/healthz to fail", Duration::from_secs(10), || async {
+        (operator.get("/healthz").await.0 == 503).then_some(())
+    })
+    .await;
+    let stopping = Instant::now();
+    operator.terminate().await;
+    assert!(stopping.elapsed() < Duration::from_secs(5));
 }

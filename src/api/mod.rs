@@ -12,6 +12,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub mod conditions;
+pub mod schema;
 
 /// API group of every resource this operator serves.
 pub const GROUP: &str = "oauth-token-operator.io";
@@ -43,9 +44,13 @@ pub const DEFAULT_REFRESH_TOKEN_KEY: &str = "refresh_token";
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expiresAt"}"#,
     printcolumn = r#"{"name":"Next Refresh","type":"string","jsonPath":".status.nextRefreshAt"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Secret","type":"string","priority":1,"description":"The Secret holding the published access token","jsonPath":".status.secretName"}"#,
+    printcolumn = r#"{"name":"Failed Attempts","type":"integer","priority":1,"description":"Consecutive failed token requests since the last success","jsonPath":".status.failedAttempts"}"#,
+    printcolumn = r#"{"name":"Reauthorization Required","type":"string","priority":1,"description":"True when a human must put a new refresh token in the import Secret","jsonPath":".status.conditions[?(@.type==\"ReauthorizationRequired\")].status"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = schema::for_api_server)]
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "!(has(self.refreshBefore) && has(self.refreshBeforePercentage))",
      "message": "set at most one of refreshBefore and refreshBeforePercentage"},
@@ -214,6 +219,7 @@ pub struct SecretKeyRef {
 /// Observed state of an OAuthToken. Never contains token values.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = schema::for_api_server)]
 pub struct OAuthTokenStatus {
     /// `Ready` is True while the target Secret holds a valid access token.
     /// `ReauthorizationRequired` is True when the refresh token cannot be used any more and a

@@ -49,9 +49,10 @@ impl Scope {
 
     /// Waits until every watch of the scope has listed once; false if a watch ended first.
     pub async fn wait_ready(&self) -> bool {
-        self.tokens.wait_until_ready().await.is_ok()
-            && self.owned.wait_until_ready().await.is_ok()
-            && self.others.wait_until_ready().await.is_ok()
+        use crate::health::store_ready;
+        store_ready(&self.tokens).await.is_ok()
+            && store_ready(&self.owned).await.is_ok()
+            && store_ready(&self.others).await.is_ok()
     }
 }
 

@@ -79,6 +79,8 @@ pub struct Context {
     /// Reconciles running at once, across all OAuthTokens: bounds memory, connections to the
     /// API server and the burst on token endpoints.
     pub max_concurrent_reconciles: u16,
+    /// what liveness is computed from; see [`crate::health`].
+    pub progress: Arc<crate::health::Progress>,
 }
 
 /// Default for [`Context::max_concurrent_reconciles`].
@@ -100,6 +102,7 @@ impl Context {
             metrics: Arc::default(),
             caches: Caches::default(),
             max_concurrent_reconciles: DEFAULT_MAX_CONCURRENT_RECONCILES,
+            progress: Arc::default(),
         }
     }
 }
@@ -135,6 +138,8 @@ pub async fn run(
     shutdown: CancellationToken,
     ready: Arc<AtomicBool>,
 ) {
+    // liveness now expects the watches to sync and reconciles to finish.
+    context.progress.controllers_started();
     let mut namespaces = namespaces;
     // A namespace listed twice would get two controllers, and so two refreshes of one token.
     namespaces.sort_unstable();
@@ -151,6 +156,16 @@ pub async fn run(
         scopes_ready.push(scope);
         controllers.push(controller);
     }
+    // series of deleted OAuthTokens go (the controller never reconciles
+    // a deleted object).
+    let _pruner = crate::observe::spawn_pruner(
+        context.clone(),
+        scopes_ready
+            .iter()
+            .map(|scope| scope.tokens.clone())
+            .collect(),
+    );
+    let progress = context.progress.clone();
     tokio::spawn(async move {
         for scope in scopes_ready {
             if !scope.wait_ready().await {
@@ -158,6 +173,8 @@ pub async fn run(
             }
         }
         info!("watches synced");
+        // the initial lists arrived.
+        progress.synced();
         ready.store(true, Ordering::Release);
     });
     futures::future::join_all(controllers).await;
@@ -198,6 +215,9 @@ pub async fn stop(
     let deadline = tokio::time::Instant::now() + grace;
     context.fencing.stop_refreshing();
     controller_stop.cancel();
+    // stop waiting as soon as no reconcile is in flight. A controller
+    // whose watch never synced (no CRD, a forbidden watch) never ends by itself.
+    let running = crate::health::until_idle(&context.progress, running);
     if tokio::time::timeout_at(deadline, running).await.is_err() {
         warn!("in-flight reconciles did not finish within the shutdown grace period");
     }
@@ -213,7 +233,16 @@ pub async fn flush_parked(context: &Context, deadline: tokio::time::Instant) -> 
         if !context.fencing.has_parked() {
             return true;
         }
-        let left = chain::flush_parked(&context.client, &context.fencing).await;
+        // an API call that hangs must not outlast the deadline.
+        let Ok(left) = tokio::time::timeout_at(
+            deadline,
+            chain::flush_parked(&context.client, &context.fencing),
+        )
+        .await
+        else {
+            error!("writing the token states kept in memory did not finish before the deadline");
+            return false;
+        };
         if left.is_empty() {
             info!("wrote every token state that was kept in memory");
             return true;
@@ -296,7 +325,7 @@ fn controller_for(
                 let namespace = token.namespace().unwrap_or_default();
                 token_index.remove(&namespace, &token.name_any());
                 ctx.caches.delivered_token(token, true);
-                ctx.metrics.forget_token(&namespace, &token.name_any());
+                crate::observe::token_deleted(&ctx, &namespace, &token.name_any());
             }
             watcher::Event::InitDone => {}
         })
@@ -358,6 +387,7 @@ fn controller_for(
         "starting the OAuthToken controller"
     );
     let config = controller::Config::default().concurrency(context.max_concurrent_reconciles);
+    let progress = context.progress.clone();
     let running = Controller::for_stream(token_changes, tokens_store)
         .with_config(config)
         .owns_stream(owned_changes)
@@ -365,11 +395,14 @@ fn controller_for(
             index.readers(&meta.namespace().unwrap_or_default(), &meta.name_any())
         })
         .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
+        // the reconcile inside a span naming the OAuthToken, tracked.
+        .run(crate::observe::reconcile, error_policy, context)
+        .for_each(move |result| {
             if let Err(error) = result {
-                tracing::debug!(%error, "reconcile round ended with an error");
+                // watch errors are logged at ERROR and feed liveness.
+                progress.controller_error(&error);
             }
+            futures::future::ready(())
         });
     (scope, running)
 }

@@ -19,7 +19,7 @@ use super::state::{AccessToken, Binding, TokenState, fingerprint};
 use super::status::{self, Outcome};
 use super::{Context, Error};
 use crate::api::conditions::reason;
-use crate::api::{OAuthToken, OAuthTokenStatus, conditions};
+use crate::api::{OAuthToken, OAuthTokenStatus};
 use crate::oauth::{ClientCredentials, FailureKind, GrantRequest, OAuthError, TokenRequest, jwt};
 use crate::schedule::{self, Decision, FailureClass, Observed, RefreshReason};
 
@@ -46,7 +46,7 @@ pub async fn reconcile(object: Arc<OAuthToken>, ctx: Arc<Context>) -> Result<Act
         .await
         .map_err(Error::ReadInputs)?
     else {
-        ctx.metrics.forget_token(&namespace, &name);
+        crate::observe::token_deleted(&ctx, &namespace, &name);
         return Ok(Action::await_change());
     };
     if token.metadata.deletion_timestamp.is_some() {
@@ -79,12 +79,8 @@ pub async fn reconcile(object: Arc<OAuthToken>, ctx: Arc<Context>) -> Result<Act
             .map_err(Error::WriteStatus)?;
         ctx.caches.wrote_token(&written);
     }
-    ctx.metrics.observe_token(
-        &namespace,
-        &name,
-        conditions::is_true(&next.conditions, conditions::READY),
-        next.expires_at.map(|at| at.timestamp()),
-    );
+    // per-token metrics from the new status; when the next reconcile is due.
+    crate::observe::token_status(&ctx, &namespace, &name, &next);
     publish_events(&ctx, &token, &previous, &next, &outcome).await;
     Ok(requeue_for(&outcome, now))
 }

@@ -40,6 +40,19 @@ impl Env {
     /// Connects to `E2E_KUBECONFIG` or starts a test server, installs the CRD the way a user
     /// would, and creates a fresh namespace for the test.
     pub async fn new(test: &str) -> Env {
+        Env::new_with(test, true).await
+    }
+
+    /// Like [`Env::new`] but without installing the CRD: only against the in-process test
+    /// server (a real cluster's CRD is shared); `None` on a real cluster.
+    pub async fn without_crd(test: &str) -> Option<Env> {
+        if std::env::var_os("E2E_KUBECONFIG").is_some() {
+            return None;
+        }
+        Some(Env::new_with(test, false).await)
+    }
+
+    async fn new_with(test: &str, with_crd: bool) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let suffix: u32 = rand::random::<u32>() % 100_000;
         let namespace = format!("oat-{}-{suffix}", test.replace('_', "-"));
@@ -59,7 +72,9 @@ impl Env {
             .await
             .unwrap();
         let client = Client::try_from(config).unwrap();
-        install_crd(&client).await;
+        if with_crd {
+            install_crd(&client).await;
+        }
         let namespaces: Api<Namespace> = Api::all(client.clone());
         namespaces
             .create(
@@ -80,6 +95,58 @@ impl Env {
 
     pub fn is_real_cluster(&self) -> bool {
         self.real_cluster
+    }
+
+    /// A kubeconfig for a new ServiceAccount of the test's namespace that has no RBAC rights at
+    /// all (a real cluster only: it needs the TokenRequest API and RBAC). Written into the
+    /// test's temporary directory.
+    pub async fn kubeconfig_without_rights(&self) -> PathBuf {
+        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        accounts
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": "nobody"}})).unwrap(),
+            )
+            .await
+            .unwrap();
+        let request = http::Request::post(format!(
+            "/api/v1/namespaces/{}/serviceaccounts/nobody/token",
+            self.namespace
+        ))
+        .header("Content-Type", "application/json")
+        .body(
+            serde_json::to_vec(&json!({
+                "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                "spec": {"expirationSeconds": 600},
+            }))
+            .unwrap(),
+        )
+        .unwrap();
+        let answer: Value = self.client.request(request).await.unwrap();
+        let token = answer["status"]["token"].as_str().unwrap().to_string();
+        let mut config: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&self.kubeconfig).unwrap()).unwrap();
+        config["users"] =
+            serde_yaml::to_value(json!([{"name": "nobody", "user": {"token": token}}])).unwrap();
+        for context in config["contexts"].as_sequence_mut().unwrap() {
+            context["context"]["user"] = "nobody".into();
+        }
+        let path = self._dir.path().join("nobody.kubeconfig");
+        std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+        path
+    }
+
+    /// Stops the in-process test server for good: every watch is cut and every request is
+    /// refused from now on. Returns false on a real cluster.
+    pub async fn stop_api_server(&mut self) -> bool {
+        match self.server.take() {
+            Some(server) => {
+                server.shutdown().await;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Fault injection, available only against the in-process test server.
@@ -292,6 +359,8 @@ pub struct Operator {
     identity: String,
     http_port: u16,
     logs: Arc<Mutex<Vec<String>>>,
+    /// `RUST_LOG` for the process; `None` leaves it unset (the `--log-level` default applies).
+    rust_log: Option<String>,
     /// Index into `logs` where the current process's output starts.
     current_start: Arc<Mutex<usize>>,
 }
@@ -302,6 +371,21 @@ impl Operator {
     }
 
     pub fn start_with(env: &Env, extra_args: &[&str]) -> Operator {
+        Operator::start_logging(env, extra_args, Some("debug"))
+    }
+
+    /// Starts with `RUST_LOG` set to `rust_log`, or unset.
+    pub fn start_logging(env: &Env, extra_args: &[&str], rust_log: Option<&str>) -> Operator {
+        Operator::start_as(env, &env.kubeconfig, extra_args, rust_log)
+    }
+
+    /// Starts with another kubeconfig (another identity), `RUST_LOG` as in [`start_logging`].
+    pub fn start_as(
+        env: &Env,
+        kubeconfig: &std::path::Path,
+        extra_args: &[&str],
+        rust_log: Option<&str>,
+    ) -> Operator {
         let http_port = free_port();
         let mut args: Vec<String> = vec![
             "run".into(),
@@ -319,11 +403,12 @@ impl Operator {
         let mut operator = Operator {
             child: None,
             args,
-            kubeconfig: env.kubeconfig.clone(),
+            kubeconfig: kubeconfig.to_path_buf(),
             // Like a pod name: a restarted process keeps it, and so keeps its lease.
             identity: format!("operator-{:08x}", rand::random::<u32>()),
             http_port,
             logs: Arc::default(),
+            rust_log: rust_log.map(str::to_string),
             current_start: Arc::default(),
         };
         operator.spawn();
@@ -333,11 +418,15 @@ impl Operator {
     fn spawn(&mut self) {
         assert!(self.child.is_none(), "already running");
         *self.current_start.lock().unwrap() = self.logs.lock().unwrap().len();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_oauth-token-operator"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_oauth-token-operator"));
+        match &self.rust_log {
+            Some(filter) => command.env("RUST_LOG", filter),
+            None => command.env_remove("RUST_LOG"),
+        };
+        let mut child = command
             .args(&self.args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("POD_NAME", &self.identity)
-            .env("RUST_LOG", "debug")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -361,6 +450,20 @@ impl Operator {
     /// Base URL of the health and metrics endpoints.
     pub fn http_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// `(status, body)` of a GET on the health and metrics port.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let response = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(format!("{}{path}", self.http_url()))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
     }
 
     pub fn identity(&self) -> &str {

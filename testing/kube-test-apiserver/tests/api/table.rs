@@ -139,10 +139,21 @@ async fn list_as_table_uses_the_crd_printer_columns() {
             .parse::<u64>()
             .is_ok()
     );
-    // the CRD lists its own Age column, so none is added
+    // the CRD lists its own Age column, so none is added; the `-o wide` columns (priority 1)
+    // are in the table too, kubectl hides them
     assert_eq!(
         column_names(&table),
-        ["Name", "Ready", "Reason", "Expires", "Next Refresh", "Age"]
+        [
+            "Name",
+            "Ready",
+            "Reason",
+            "Expires",
+            "Next Refresh",
+            "Age",
+            "Secret",
+            "Failed Attempts",
+            "Reauthorization Required"
+        ]
     );
     let cols = table["columnDefinitions"].as_array().unwrap();
     assert_eq!(
@@ -164,8 +175,15 @@ async fn list_as_table_uses_the_crd_printer_columns() {
     let types: Vec<&str> = cols.iter().map(|c| c["type"].as_str().unwrap()).collect();
     assert_eq!(
         types,
-        ["string", "string", "string", "string", "string", "date"]
+        [
+            "string", "string", "string", "string", "string", "date", "string", "integer", "string"
+        ]
     );
+    let priorities: Vec<i64> = cols
+        .iter()
+        .map(|c| c["priority"].as_i64().unwrap())
+        .collect();
+    assert_eq!(priorities, [0, 0, 0, 0, 0, 0, 1, 1, 1]);
 
     let rows = table["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 2);
@@ -188,6 +206,8 @@ async fn list_as_table_uses_the_crd_printer_columns() {
     assert_eq!((next - expires).num_minutes(), 150);
     // date columns are ages like on a real apiserver
     assert_seconds(&ready[5]);
+    // the last wide column: the ReauthorizationRequired condition's status
+    assert_eq!(ready[8], "False");
 
     // includeObject defaults to Metadata: PartialObjectMetadata
     let obj = &rows[1]["object"];
@@ -412,7 +432,7 @@ async fn watch_as_table_sends_columns_once() {
     assert_eq!(first["type"], "ADDED");
     assert_eq!(first["object"]["kind"], "Table");
     assert_eq!(
-        column_names(&first["object"]),
+        column_names(&first["object"])[..6],
         ["Name", "Ready", "Reason", "Expires", "Next Refresh", "Age"]
     );
     assert_eq!(first["object"]["rows"][0]["cells"][0], "a");
