@@ -278,6 +278,43 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|_| format!("{text:?} is not a duration such as 15m, 1h30m or 90s"))
 }
 
+/// Longest sleep between two looks at one OAuthToken: a missed watch event then costs at most
+/// this long, and the runtime's delay queue is never handed years.
+pub const MAX_REQUEUE: Duration = Duration::from_secs(3600);
+/// How long to wait before looking again at an OAuthToken that a user must fix, in case a watch
+/// event for the fix was missed.
+pub const BLOCKED_RECHECK: Duration = Duration::from_secs(300);
+/// Share of a long requeue that is random: OAuthTokens created together (a cold start of
+/// thousands) must not all wake up in the same second an hour later.
+const LONG_REQUEUE_JITTER: f64 = 0.1;
+/// Waking this long after a due time absorbs timer rounding: waking early costs a second
+/// reconcile, waking late delays the refresh.
+const WAKE_MARGIN: Duration = Duration::from_millis(20);
+
+/// How long to sleep before the next look at an OAuthToken that is due at `until` (`None`: only
+/// a user can unblock it). A due time within the hour is kept exactly: refresh times carry their
+/// own jitter. Long sleeps are shortened by up to a tenth, at random (`jitter_unit` in `[0, 1)`).
+pub fn requeue_after(
+    until: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    jitter_unit: f64,
+) -> Duration {
+    let jittered = |sleep: Duration| {
+        sleep.saturating_sub(sleep.mul_f64(LONG_REQUEUE_JITTER * jitter_unit.clamp(0.0, 1.0)))
+    };
+    match until {
+        Some(at) => {
+            let wait = (at - now).to_std().unwrap_or_default() + WAKE_MARGIN;
+            if wait >= MAX_REQUEUE {
+                jittered(MAX_REQUEUE)
+            } else {
+                wait
+            }
+        }
+        None => jittered(BLOCKED_RECHECK),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -574,5 +611,35 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("-5m").is_err());
+    }
+
+    #[test]
+    fn due_times_are_kept_and_long_sleeps_are_spread() {
+        let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let margin = Duration::from_millis(20);
+        let soon = now + TimeDelta::seconds(90);
+        for jitter in [0.0, 0.5, 0.999] {
+            assert_eq!(
+                requeue_after(Some(soon), now, jitter),
+                Duration::from_secs(90) + margin
+            );
+        }
+        assert_eq!(
+            requeue_after(Some(now - TimeDelta::seconds(5)), now, 0.3),
+            margin
+        );
+        let far = now + TimeDelta::days(30);
+        assert_eq!(requeue_after(Some(far), now, 0.0), MAX_REQUEUE);
+        assert_eq!(
+            requeue_after(Some(far), now, 0.5),
+            Duration::from_secs(3420)
+        );
+        assert_eq!(requeue_after(None, now, 0.0), BLOCKED_RECHECK);
+        assert_eq!(requeue_after(None, now, 1.0), Duration::from_secs(270));
+        // 10,000 long sleeps drawn uniformly spread over the last 6 minutes of the hour, not one second.
+        let seconds: std::collections::BTreeSet<u64> = (0..10_000)
+            .map(|i| requeue_after(Some(far), now, f64::from(i) / 10_000.0).as_secs())
+            .collect();
+        assert_eq!(seconds.len(), 361);
     }
 }

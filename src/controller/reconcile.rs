@@ -23,12 +23,6 @@ use crate::api::{OAuthToken, OAuthTokenStatus};
 use crate::oauth::{ClientCredentials, FailureKind, GrantRequest, OAuthError, TokenRequest, jwt};
 use crate::schedule::{self, Decision, FailureClass, Observed, RefreshReason};
 
-/// How long to wait before looking again at an OAuthToken that a user must fix, in case a watch
-/// event for the fix was missed.
-const BLOCKED_RECHECK: std::time::Duration = std::time::Duration::from_secs(300);
-/// Longest sleep between two looks at one OAuthToken.
-const MAX_REQUEUE: std::time::Duration = std::time::Duration::from_secs(3600);
-
 pub async fn reconcile(object: Arc<OAuthToken>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = object.namespace().ok_or(Error::MissingNamespace)?;
     let name = object.name_any();
@@ -82,30 +76,19 @@ pub async fn reconcile(object: Arc<OAuthToken>, ctx: Arc<Context>) -> Result<Act
     // per-token metrics from the new status; when the next reconcile is due.
     crate::observe::token_status(&ctx, &namespace, &name, &next);
     publish_events(&ctx, &token, &previous, &next, &outcome).await;
-    Ok(requeue_for(&outcome, now))
+    Ok(requeue_for(&outcome, now, (ctx.jitter)()))
 }
 
-fn requeue_for(outcome: &Outcome, now: DateTime<Utc>) -> Action {
+fn requeue_for(outcome: &Outcome, now: DateTime<Utc>, jitter_unit: f64) -> Action {
     let until = match outcome {
-        Outcome::Blocked { .. } | Outcome::ChainDead { .. } => {
-            return Action::requeue(BLOCKED_RECHECK);
-        }
+        Outcome::Blocked { .. } | Outcome::ChainDead { .. } => None,
         // Continue from the chain another process stored.
         Outcome::Superseded => return Action::requeue(std::time::Duration::from_secs(1)),
         Outcome::Issued { state, .. } => state.access.as_ref().map(|a| a.refresh_at),
         Outcome::Waiting { until, .. } => Some(*until),
         Outcome::Failed { retry_at, .. } => Some(*retry_at),
     };
-    match until {
-        Some(at) => {
-            let wait = (at - now).to_std().unwrap_or_default();
-            // Whole seconds are rounded down in status; never wake up early only to wait again.
-            // Long-lived tokens are still looked at hourly: a missed watch event then costs at
-            // most an hour, and the runtime's delay queue is never handed years.
-            Action::requeue((wait + std::time::Duration::from_millis(500)).min(MAX_REQUEUE))
-        }
-        None => Action::requeue(BLOCKED_RECHECK),
-    }
+    Action::requeue(schedule::requeue_after(until, now, jitter_unit))
 }
 
 struct Run<'a> {
