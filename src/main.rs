@@ -11,6 +11,7 @@ use oauth_token_operator::controller::{self, Context};
 use oauth_token_operator::health::{self, Progress};
 use oauth_token_operator::leader::{self, LeaseOptions};
 use oauth_token_operator::metrics::Metrics;
+use oauth_token_operator::oauth::budget::{Budgets, Limit};
 use oauth_token_operator::oauth::{ClientOptions, DEFAULT_MAX_RESPONSE_BYTES, TokenClient};
 use oauth_token_operator::server::{self, Health};
 use oauth_token_operator::telemetry::{self, LogFormat};
@@ -74,6 +75,13 @@ struct RunArgs {
     /// second on two cores.
     #[arg(long, default_value_t = controller::DEFAULT_MAX_CONCURRENT_RECONCILES, value_parser = clap::value_parser!(u16).range(1..))]
     max_concurrent_reconciles: u16,
+    /// Requests per minute to one token-endpoint origin (scheme, host, port), across all
+    /// OAuthTokens, unless they declare `spec.tokenEndpointBudget`.
+    #[arg(long, default_value_t = controller::DEFAULT_TOKEN_ENDPOINT_BUDGET.per_minute, value_parser = clap::value_parser!(u32).range(1..))]
+    token_endpoint_requests_per_minute: u32,
+    /// Requests that may go to one token-endpoint origin at once after a quiet period.
+    #[arg(long, default_value_t = controller::DEFAULT_TOKEN_ENDPOINT_BUDGET.burst, value_parser = clap::value_parser!(u32).range(1..))]
+    token_endpoint_burst: u32,
     /// /healthz fails once the controller has made no progress for this long: watches not
     /// synced or failing, a reconcile running, or a token's refresh overdue. A replica standing
     /// by for leadership is always healthy.
@@ -155,6 +163,13 @@ async fn run(args: RunArgs) -> ExitCode {
     let context = Arc::new(Context {
         metrics,
         max_concurrent_reconciles: args.max_concurrent_reconciles,
+        budgets: Budgets::new(
+            Limit {
+                per_minute: args.token_endpoint_requests_per_minute,
+                burst: args.token_endpoint_burst,
+            },
+            controller::MAX_BUDGET_WAIT,
+        ),
         progress: Arc::new(Progress::new(args.liveness_stall_timeout)),
         ..Context::new(client.clone(), tokens, reporter)
     });

@@ -57,6 +57,13 @@ pub struct TokenLabels {
     pub name: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeferredLabels {
+    /// `budget`: the origin's request budget is used up; `retry_after`: the origin answered
+    /// 429/503 and is paused.
+    pub reason: &'static str,
+}
+
 /// A request to the Kubernetes API: see [`crate::apiclient::classify`].
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ApiRequestLabels {
@@ -82,6 +89,7 @@ pub struct Metrics {
     pub next_refresh: Family<TokenLabels, Gauge<f64, AtomicU64>>,
     pub reconcile_errors: Family<CategoryLabels, Counter>,
     pub kube_api_requests: Family<ApiRequestLabels, Counter>,
+    pub refreshes_deferred: Family<DeferredLabels, Counter>,
     /// 1 while this replica holds the leader Lease or runs without leader election.
     pub leader: Gauge,
     /// `(namespace, name)` of every OAuthToken with per-token series.
@@ -165,9 +173,16 @@ impl Default for Metrics {
             "Requests sent to the Kubernetes API, by verb and resource",
             kube_api_requests.clone(),
         );
+        let refreshes_deferred = Family::<DeferredLabels, Counter>::default();
+        registry.register(
+            "refreshes_deferred",
+            "Due refreshes put off because the token endpoint's origin was out of budget or paused by Retry-After",
+            refreshes_deferred.clone(),
+        );
         Metrics {
             registry,
             kube_api_requests,
+            refreshes_deferred,
             refresh_attempts,
             refresh_duration,
             endpoint_responses,
@@ -190,6 +205,14 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
         text
+    }
+
+    /// Counts a due refresh put off for its origin's budget (`paused`: by a Retry-After).
+    pub fn count_deferred(&self, paused: bool) {
+        let reason = if paused { "retry_after" } else { "budget" };
+        self.refreshes_deferred
+            .get_or_create(&DeferredLabels { reason })
+            .inc();
     }
 
     /// Counts one token request: its outcome, latency and HTTP status class.

@@ -812,3 +812,69 @@ async fn a_failed_refresh_keeps_the_still_valid_token_published() {
     assert_eq!(ready, "True", "the published token is still valid");
     assert_eq!(f.state_data("refresh_token").as_deref(), Some("rt-1"));
 }
+
+/// A second OAuthToken like the fixture's, on the same token endpoint.
+fn sibling(f: &Fixture, name: &str, spec_overrides: Value) -> Arc<OAuthToken> {
+    let mut token = serde_json::to_value(f.token.as_ref()).unwrap();
+    token["metadata"]["name"] = json!(name);
+    token["metadata"]["uid"] = json!(format!("{name}-uid"));
+    token["spec"]["secretName"] = json!(format!("{name}-token"));
+    for (key, value) in spec_overrides.as_object().unwrap() {
+        token["spec"][key] = value.clone();
+    }
+    f.api.put(&token_path(name), token.clone());
+    Arc::new(serde_json::from_value(token).unwrap())
+}
+
+#[tokio::test]
+async fn retry_after_pauses_every_token_on_the_origin() {
+    let f = Fixture::new(Some(3600)).await;
+    let second = sibling(&f, "second", json!({}));
+    f.endpoint.then(Answer::Fail {
+        status: 429,
+        error: None,
+        retry_after: Some(60),
+    });
+    f.reconcile().await.unwrap();
+    assert_eq!(f.endpoint.requests(), 1);
+    // The other OAuthToken on the origin is due too, but the origin is paused.
+    let action = reconcile(second, f.ctx.clone()).await.unwrap();
+    assert_eq!(
+        f.endpoint.requests(),
+        1,
+        "nothing is sent to a paused origin"
+    );
+    let again = format!("{action:?}");
+    assert!(
+        again.contains("requeue_after: Some(") && !again.contains("requeue_after: None"),
+        "{again}"
+    );
+    assert!(f.api.get(&secret_path("second-token")).is_none());
+    assert!(
+        f.ctx
+            .metrics
+            .encode()
+            .contains("oauth_token_operator_refreshes_deferred_total{reason=\"retry_after\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn a_declared_budget_is_shared_by_the_origin() {
+    let budget = json!({"tokenEndpointBudget": {"requestsPerMinute": 1, "burst": 1}});
+    let f = Fixture::with_spec(Some(3600), budget.clone()).await;
+    let second = sibling(&f, "second", budget);
+    f.reconcile().await.unwrap();
+    assert_eq!(f.endpoint.requests(), 1);
+    reconcile(second, f.ctx.clone()).await.unwrap();
+    assert_eq!(
+        f.endpoint.requests(),
+        1,
+        "one request a minute for the whole origin"
+    );
+    assert!(
+        f.ctx
+            .metrics
+            .encode()
+            .contains("oauth_token_operator_refreshes_deferred_total{reason=\"budget\"} 1")
+    );
+}

@@ -137,6 +137,29 @@ pub struct OAuthTokenSpec {
     /// refresh token, and with rotating providers one stray use revokes the whole grant.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub publish_refresh_token: bool,
+
+    /// Budget for requests to the token endpoint's origin (scheme, host and port), shared by
+    /// every OAuthToken that sends to it: set it below the provider's rate limit. When
+    /// OAuthTokens on one origin set different budgets, the strictest applies. Without it the
+    /// operator's defaults apply (flags `--token-endpoint-requests-per-minute` and
+    /// `--token-endpoint-burst`). A `429` or `503` answer with `Retry-After` pauses the whole
+    /// origin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_endpoint_budget: Option<RequestBudget>,
+}
+
+/// A request rate with a burst.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestBudget {
+    /// Requests per minute, at most.
+    #[schemars(range(min = 1))]
+    pub requests_per_minute: u32,
+    /// Requests that may go out at once after a quiet period. Defaults to a tenth of
+    /// `requestsPerMinute` (at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub burst: Option<u32>,
 }
 
 /// Client authentication method at the token endpoint (RFC 6749 section 2.3).

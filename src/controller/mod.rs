@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 use crate::api::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, OAuthToken};
 use crate::metrics::Metrics;
 use crate::oauth::TokenClient;
+use crate::oauth::budget::{Budgets, Limit};
 
 pub mod cache;
 pub mod chain;
@@ -76,12 +77,24 @@ pub struct Context {
     pub fencing: Fencing,
     /// What reconciles read instead of the API: see [`cache`].
     pub caches: Caches,
+    /// Request budgets per token-endpoint origin.
+    pub budgets: Budgets,
     /// Reconciles running at once, across all OAuthTokens: bounds memory, connections to the
     /// API server and the burst on token endpoints.
     pub max_concurrent_reconciles: u16,
     /// what liveness is computed from; see [`crate::health`].
     pub progress: Arc<crate::health::Progress>,
 }
+
+/// Budget per token-endpoint origin unless OAuthTokens declare their own: generous (100
+/// requests a second), so that only a runaway is held back.
+pub const DEFAULT_TOKEN_ENDPOINT_BUDGET: Limit = Limit {
+    per_minute: 6000,
+    burst: 1000,
+};
+/// Longest a due refresh is held inside a reconcile for its origin's budget; beyond it the
+/// OAuthToken is looked at again when the budget allows, without holding a reconcile slot.
+pub const MAX_BUDGET_WAIT: Duration = Duration::from_secs(1);
 
 /// Default for [`Context::max_concurrent_reconciles`].
 pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 32;
@@ -101,6 +114,7 @@ impl Context {
             jitter: rand::random::<f64>,
             metrics: Arc::default(),
             caches: Caches::default(),
+            budgets: Budgets::new(DEFAULT_TOKEN_ENDPOINT_BUDGET, MAX_BUDGET_WAIT),
             max_concurrent_reconciles: DEFAULT_MAX_CONCURRENT_RECONCILES,
             progress: Arc::default(),
         }

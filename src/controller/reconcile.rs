@@ -17,9 +17,10 @@ use super::secrets::{self, controlled_by, secret_text};
 use super::settings::{self, ClientSource, GrantSettings, Settings};
 use super::state::{AccessToken, Binding, TokenState, fingerprint};
 use super::status::{self, Outcome};
-use super::{Context, Error};
+use super::{Context, Error, MAX_BUDGET_WAIT};
 use crate::api::conditions::reason;
 use crate::api::{OAuthToken, OAuthTokenStatus};
+use crate::oauth::budget::Admission;
 use crate::oauth::{ClientCredentials, FailureKind, GrantRequest, OAuthError, TokenRequest, jwt};
 use crate::schedule::{self, Decision, FailureClass, Observed, RefreshReason};
 
@@ -85,7 +86,7 @@ fn requeue_for(outcome: &Outcome, now: DateTime<Utc>, jitter_unit: f64) -> Actio
         // Continue from the chain another process stored.
         Outcome::Superseded => return Action::requeue(std::time::Duration::from_secs(1)),
         Outcome::Issued { state, .. } => state.access.as_ref().map(|a| a.refresh_at),
-        Outcome::Waiting { until, .. } => Some(*until),
+        Outcome::Waiting { until, .. } | Outcome::Deferred { until } => Some(*until),
         Outcome::Failed { retry_at, .. } => Some(*retry_at),
     };
     Action::requeue(schedule::requeue_after(until, now, jitter_unit))
@@ -296,7 +297,39 @@ impl Run<'_> {
                     until: self.now + chrono::TimeDelta::seconds(5),
                 })
             }
-            Decision::RefreshNow(reason) => self.refresh(&inputs, reason, chain).await,
+            Decision::RefreshNow(reason) => {
+                let uid = self.token.uid().unwrap_or_default();
+                let admission = self.ctx.budgets.admit(
+                    &inputs.binding.origin,
+                    &uid,
+                    settings.budget,
+                    std::time::Instant::now(),
+                );
+                match admission {
+                    Admission::After(wait) => {
+                        if !wait.is_zero() {
+                            tokio::time::sleep(wait).await;
+                        }
+                        self.refresh(&inputs, reason, chain).await
+                    }
+                    Admission::Deferred { until, paused } => {
+                        self.ctx.metrics.count_deferred(paused);
+                        debug!(
+                            paused,
+                            "the token endpoint's budget is used up; refreshing later"
+                        );
+                        self.publish(&settings, target.as_ref(), &chain.state)
+                            .await?;
+                        // Spread over a second: the deferred do not all come back at once.
+                        let delay = until.saturating_duration_since(std::time::Instant::now())
+                            + MAX_BUDGET_WAIT.mul_f64((self.ctx.jitter)());
+                        Ok(Outcome::Deferred {
+                            until: self.now
+                                + chrono::TimeDelta::from_std(delay).unwrap_or_default(),
+                        })
+                    }
+                }
+            }
         }
     }
 
@@ -464,6 +497,13 @@ impl Run<'_> {
         error: OAuthError,
         after_lost_answer: bool,
     ) -> Result<Outcome, Error> {
+        if let OAuthError::Throttled { retry_after, .. } = &error {
+            // The provider is overloaded or limits us: every OAuthToken on this origin waits.
+            let pause = retry_after.unwrap_or(schedule::TRANSIENT_BACKOFF_BASE);
+            self.ctx
+                .budgets
+                .pause(&inputs.binding.origin, std::time::Instant::now() + pause);
+        }
         let attempts = self.previous.failed_attempts.saturating_add(1);
         let class = failure_class(&error);
         let delay =
@@ -668,7 +708,7 @@ async fn publish_events(
                 ));
             }
         }
-        Outcome::Waiting { .. } => {}
+        Outcome::Waiting { .. } | Outcome::Deferred { .. } => {}
     }
     let reference = token.object_ref(&());
     for (type_, reason, note) in events {

@@ -9,6 +9,7 @@ use crate::api::{
     ClientAuthentication, DEFAULT_CLIENT_ID_KEY, DEFAULT_CLIENT_SECRET_KEY,
     DEFAULT_REFRESH_TOKEN_KEY, OAuthToken, OAuthTokenSpec,
 };
+use crate::oauth::budget::Limit;
 use crate::oauth::{AuthMethod, TokenClient};
 use crate::schedule::{RefreshPolicy, parse_duration};
 
@@ -47,6 +48,8 @@ pub struct Settings {
     pub policy: RefreshPolicy,
     pub default_lifetime: Duration,
     pub target_secret: String,
+    /// The budget this OAuthToken declares for its token endpoint's origin, if any.
+    pub budget: Option<Limit>,
 }
 
 impl Settings {
@@ -209,6 +212,14 @@ pub fn resolve(token: &OAuthToken, token_client: &TokenClient) -> Result<Setting
         ));
     }
 
+    let budget = spec.token_endpoint_budget.as_ref().map(|budget| Limit {
+        per_minute: budget.requests_per_minute.max(1),
+        burst: budget
+            .burst
+            .unwrap_or(budget.requests_per_minute / 10)
+            .max(1),
+    });
+
     Ok(Settings {
         endpoint,
         client,
@@ -216,6 +227,7 @@ pub fn resolve(token: &OAuthToken, token_client: &TokenClient) -> Result<Setting
         policy,
         default_lifetime,
         target_secret,
+        budget,
     })
 }
 
@@ -271,6 +283,7 @@ mod tests {
             default_token_lifetime: None,
             secret_name: None,
             publish_refresh_token: false,
+            token_endpoint_budget: None,
         }
     }
 

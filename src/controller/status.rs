@@ -46,6 +46,9 @@ pub enum Outcome {
     /// Another process stored a different refresh token while this one was refreshing; its
     /// answer was discarded. The next reconcile continues from the stored chain.
     Superseded,
+    /// A refresh is due, but the token endpoint's origin is out of budget (or paused by a
+    /// `Retry-After`): look again at `until`. Status does not change.
+    Deferred { until: DateTime<Utc> },
 }
 
 impl Outcome {
@@ -56,7 +59,7 @@ impl Outcome {
             | Outcome::Waiting { state, .. }
             | Outcome::Failed { state, .. }
             | Outcome::ChainDead { state, .. } => Some(state),
-            Outcome::Blocked { .. } | Outcome::Superseded => None,
+            Outcome::Blocked { .. } | Outcome::Superseded | Outcome::Deferred { .. } => None,
         }
     }
 
@@ -156,6 +159,8 @@ pub fn desired(
             set(&mut next, READY, FALSE, why, message.clone());
             set(&mut next, REAUTHORIZATION_REQUIRED, TRUE, why, message);
         }
+        // Only when to look again changes, and that is not status.
+        Outcome::Deferred { .. } => {}
         Outcome::Superseded => {
             set(
                 &mut next,

@@ -10,6 +10,7 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
+pub mod budget;
 mod error;
 pub mod jwt;
 mod response;
