@@ -76,6 +76,7 @@ pub struct Metrics {
     pub refresh_duration: Histogram,
     pub endpoint_responses: Family<StatusClassLabels, Counter>,
     pub access_token_expiry: Family<TokenLabels, Gauge<f64, AtomicU64>>,
+    pub refresh_token_expiry: Family<TokenLabels, Gauge<f64, AtomicU64>>,
     pub ready: Family<TokenLabels, Gauge>,
     pub reauthorization_required: Family<TokenLabels, Gauge>,
     pub last_successful_refresh: Family<TokenLabels, Gauge<f64, AtomicU64>>,
@@ -129,6 +130,12 @@ impl Default for Metrics {
             "When the published access token expires, as a Unix timestamp",
             access_token_expiry.clone(),
         );
+        let refresh_token_expiry = Family::<TokenLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "refresh_token_expiry_timestamp_seconds",
+            "When the refresh token expires, as a Unix timestamp; only when the provider states its lifetime or spec.refreshTokenLifetime gives it",
+            refresh_token_expiry.clone(),
+        );
         let ready = Family::<TokenLabels, Gauge>::default();
         registry.register(
             "ready",
@@ -172,6 +179,7 @@ impl Default for Metrics {
             refresh_duration,
             endpoint_responses,
             access_token_expiry,
+            refresh_token_expiry,
             ready,
             reauthorization_required,
             last_successful_refresh,
@@ -250,6 +258,7 @@ impl Metrics {
             .set(i64::from(reauthorize));
         for (family, at) in [
             (&self.access_token_expiry, status.expires_at),
+            (&self.refresh_token_expiry, status.refresh_token_expires_at),
             (&self.last_successful_refresh, status.last_refresh_at),
             (&self.next_refresh, status.next_refresh_at),
         ] {
@@ -286,6 +295,7 @@ impl Metrics {
         self.ready.remove(&labels);
         self.reauthorization_required.remove(&labels);
         self.access_token_expiry.remove(&labels);
+        self.refresh_token_expiry.remove(&labels);
         self.last_successful_refresh.remove(&labels);
         self.next_refresh.remove(&labels);
     }
@@ -304,6 +314,10 @@ mod tests {
         metrics.count_response(None);
         metrics.refresh_duration.observe(0.2);
         metrics.observe_status("shop", "allegro", &status(true, false));
+        let mut with_refresh_expiry = status(true, false);
+        with_refresh_expiry.refresh_token_expires_at =
+            chrono::DateTime::from_timestamp(1_707_776_000, 0);
+        metrics.observe_status("shop", "mercadolibre", &with_refresh_expiry);
         metrics.leader.set(1);
         let text = metrics.encode();
         for expected in [
@@ -317,13 +331,36 @@ mod tests {
             "oauth_token_operator_last_successful_refresh_timestamp_seconds{namespace=\"shop\",name=\"allegro\"} 1699996400",
             "oauth_token_operator_next_refresh_timestamp_seconds{namespace=\"shop\",name=\"allegro\"} 1699998800",
             "oauth_token_operator_reauthorization_required{namespace=\"shop\",name=\"allegro\"} 0",
+            "# TYPE oauth_token_operator_refresh_token_expiry_timestamp_seconds gauge",
+            "oauth_token_operator_refresh_token_expiry_timestamp_seconds{namespace=\"shop\",name=\"mercadolibre\"} 1707776000",
             "oauth_token_operator_leader 1",
             "oauth_token_operator_build_info{version=\"",
             "oauth_token_operator_refresh_duration_seconds_bucket{le=\"60.0\"} 1",
         ] {
             assert!(text.contains(expected), "missing {expected} in\n{text}");
         }
+        assert!(
+            !text.contains(
+                "oauth_token_operator_refresh_token_expiry_timestamp_seconds{namespace=\"shop\",name=\"allegro\"}"
+            ),
+            "no series while the refresh token's expiry is unknown"
+        );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn a_refresh_token_expiry_that_becomes_unknown_drops_its_series() {
+        let metrics = Metrics::default();
+        let mut known = status(true, false);
+        known.refresh_token_expires_at = chrono::DateTime::from_timestamp(1_707_776_000, 0);
+        metrics.observe_status("shop", "allegro", &known);
+        let series = "oauth_token_operator_refresh_token_expiry_timestamp_seconds{namespace=\"shop\",name=\"allegro\"}";
+        assert!(metrics.encode().contains(series));
+        metrics.observe_status("shop", "allegro", &status(true, false));
+        assert!(!metrics.encode().contains(series));
+        metrics.observe_status("shop", "allegro", &known);
+        metrics.forget_token("shop", "allegro");
+        assert!(!metrics.encode().contains("allegro"));
     }
 
     #[test]
