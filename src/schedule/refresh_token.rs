@@ -145,7 +145,7 @@ mod tests {
     fn a_rotating_refresh_token_shorter_lived_than_the_access_token_is_refreshed_in_time() {
         let access = refresh_at(t(0), t(3600), RefreshPolicy::default(), 0.0);
         assert_eq!(access, t(2412));
-        // The refresh token lives 30 minutes: refresh when a third of that remains.
+        // The refresh token lives 30 minutes: refresh when 33 % of that remains.
         assert_eq!(
             refresh_before_refresh_token_expiry(
                 access,
