@@ -379,6 +379,69 @@ mod tests {
         assert!(metrics.tokens().is_empty());
     }
 
+    /// Metric names in the exposition as a PromQL query names them: counters with `_total`,
+    /// info metrics with `_info`, histograms by their base name.
+    fn exported_names(text: &str) -> BTreeSet<String> {
+        text.lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .map(|rest| {
+                let mut parts = rest.split(' ');
+                let name = parts.next().unwrap_or_default();
+                match parts.next() {
+                    Some("counter") => format!("{name}_total"),
+                    Some("info") => format!("{name}_info"),
+                    _ => name.to_string(),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn readme_and_chart_check_name_every_exported_metric_and_no_other() {
+        let metrics = Metrics::default();
+        let mut status = status(true, false);
+        status.refresh_token_expires_at = status.expires_at;
+        metrics.observe_status("shop", "allegro", &status);
+        // Families without series are not in the exposition at all.
+        metrics.count_attempt(RefreshResult::success);
+        metrics.count_response(Some(200));
+        metrics
+            .reconcile_errors
+            .get_or_create(&CategoryLabels { category: "test" })
+            .inc();
+        metrics
+            .kube_api_requests
+            .get_or_create(&ApiRequestLabels {
+                verb: "get",
+                resource: "secrets".to_string(),
+            })
+            .inc();
+        let exported = exported_names(&metrics.encode());
+        assert!(exported.contains("oauth_token_operator_refresh_token_expiry_timestamp_seconds"));
+
+        let readme = include_str!("../README.md");
+        let documented: BTreeSet<String> = readme
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `oauth_token_operator_"))
+            .filter_map(|rest| rest.split('`').next())
+            .map(|name| format!("oauth_token_operator_{name}"))
+            .collect();
+        assert_eq!(documented, exported, "README's metrics table");
+
+        let check = include_str!("../.ci/chart_check.py");
+        let list = check
+            .split_once("METRICS = {")
+            .and_then(|(_, rest)| rest.split_once('}'))
+            .map(|(list, _)| list)
+            .unwrap();
+        let checked: BTreeSet<String> = list
+            .split('"')
+            .filter(|part| part.starts_with("oauth_token_operator_"))
+            .map(str::to_string)
+            .collect();
+        assert_eq!(checked, exported, ".ci/chart_check.py METRICS");
+    }
+
     #[test]
     fn request_buckets_reach_beyond_the_request_timeout() {
         assert!(REQUEST_DURATION_BUCKETS.last().copied().unwrap() >= 60.0);
