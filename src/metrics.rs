@@ -83,6 +83,7 @@ pub struct Metrics {
     pub refresh_duration: Histogram,
     pub endpoint_responses: Family<StatusClassLabels, Counter>,
     pub access_token_expiry: Family<TokenLabels, Gauge<f64, AtomicU64>>,
+    pub refresh_token_expiry: Family<TokenLabels, Gauge<f64, AtomicU64>>,
     pub ready: Family<TokenLabels, Gauge>,
     pub reauthorization_required: Family<TokenLabels, Gauge>,
     pub last_successful_refresh: Family<TokenLabels, Gauge<f64, AtomicU64>>,
@@ -137,6 +138,12 @@ impl Default for Metrics {
             "When the published access token expires, as a Unix timestamp",
             access_token_expiry.clone(),
         );
+        let refresh_token_expiry = Family::<TokenLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "refresh_token_expiry_timestamp_seconds",
+            "When the refresh token expires, as a Unix timestamp; only when the provider states its lifetime or spec.refreshTokenLifetime gives it",
+            refresh_token_expiry.clone(),
+        );
         let ready = Family::<TokenLabels, Gauge>::default();
         registry.register(
             "ready",
@@ -187,6 +194,7 @@ impl Default for Metrics {
             refresh_duration,
             endpoint_responses,
             access_token_expiry,
+            refresh_token_expiry,
             ready,
             reauthorization_required,
             last_successful_refresh,
@@ -273,6 +281,7 @@ impl Metrics {
             .set(i64::from(reauthorize));
         for (family, at) in [
             (&self.access_token_expiry, status.expires_at),
+            (&self.refresh_token_expiry, status.refresh_token_expires_at),
             (&self.last_successful_refresh, status.last_refresh_at),
             (&self.next_refresh, status.next_refresh_at),
         ] {
@@ -309,6 +318,7 @@ impl Metrics {
         self.ready.remove(&labels);
         self.reauthorization_required.remove(&labels);
         self.access_token_expiry.remove(&labels);
+        self.refresh_token_expiry.remove(&labels);
         self.last_successful_refresh.remove(&labels);
         self.next_refresh.remove(&labels);
     }
@@ -327,6 +337,10 @@ mod tests {
         metrics.count_response(None);
         metrics.refresh_duration.observe(0.2);
         metrics.observe_status("shop", "allegro", &status(true, false));
+        let mut with_refresh_expiry = status(true, false);
+        with_refresh_expiry.refresh_token_expires_at =
+            chrono::DateTime::from_timestamp(1_707_776_000, 0);
+        metrics.observe_status("shop", "mercadolibre", &with_refresh_expiry);
         metrics.leader.set(1);
         let text = metrics.encode();
         for expected in [
@@ -340,13 +354,36 @@ mod tests {
             "oauth_token_operator_last_successful_refresh_timestamp_seconds{namespace=\"shop\",name=\"allegro\"} 1699996400",
             "oauth_token_operator_next_refresh_timestamp_seconds{namespace=\"shop\",name=\"allegro\"} 1699998800",
             "oauth_token_operator_reauthorization_required{namespace=\"shop\",name=\"allegro\"} 0",
+            "# TYPE oauth_token_operator_refresh_token_expiry_timestamp_seconds gauge",
+            "oauth_token_operator_refresh_token_expiry_timestamp_seconds{namespace=\"shop\",name=\"mercadolibre\"} 1707776000",
             "oauth_token_operator_leader 1",
             "oauth_token_operator_build_info{version=\"",
             "oauth_token_operator_refresh_duration_seconds_bucket{le=\"60.0\"} 1",
         ] {
             assert!(text.contains(expected), "missing {expected} in\n{text}");
         }
+        assert!(
+            !text.contains(
+                "oauth_token_operator_refresh_token_expiry_timestamp_seconds{namespace=\"shop\",name=\"allegro\"}"
+            ),
+            "no series while the refresh token's expiry is unknown"
+        );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn a_refresh_token_expiry_that_becomes_unknown_drops_its_series() {
+        let metrics = Metrics::default();
+        let mut known = status(true, false);
+        known.refresh_token_expires_at = chrono::DateTime::from_timestamp(1_707_776_000, 0);
+        metrics.observe_status("shop", "allegro", &known);
+        let series = "oauth_token_operator_refresh_token_expiry_timestamp_seconds{namespace=\"shop\",name=\"allegro\"}";
+        assert!(metrics.encode().contains(series));
+        metrics.observe_status("shop", "allegro", &status(true, false));
+        assert!(!metrics.encode().contains(series));
+        metrics.observe_status("shop", "allegro", &known);
+        metrics.forget_token("shop", "allegro");
+        assert!(!metrics.encode().contains("allegro"));
     }
 
     #[test]
@@ -363,6 +400,69 @@ mod tests {
         metrics.forget_token("shop", "allegro");
         assert!(!metrics.encode().contains("allegro"));
         assert!(metrics.tokens().is_empty());
+    }
+
+    /// Metric names in the exposition as a PromQL query names them: counters with `_total`,
+    /// info metrics with `_info`, histograms by their base name.
+    fn exported_names(text: &str) -> BTreeSet<String> {
+        text.lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .map(|rest| {
+                let mut parts = rest.split(' ');
+                let name = parts.next().unwrap_or_default();
+                match parts.next() {
+                    Some("counter") => format!("{name}_total"),
+                    Some("info") => format!("{name}_info"),
+                    _ => name.to_string(),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn readme_and_chart_check_name_every_exported_metric_and_no_other() {
+        let metrics = Metrics::default();
+        let mut status = status(true, false);
+        status.refresh_token_expires_at = status.expires_at;
+        metrics.observe_status("shop", "allegro", &status);
+        // Families without series are not in the exposition at all.
+        metrics.count_attempt(RefreshResult::success);
+        metrics.count_response(Some(200));
+        metrics
+            .reconcile_errors
+            .get_or_create(&CategoryLabels { category: "test" })
+            .inc();
+        metrics
+            .kube_api_requests
+            .get_or_create(&ApiRequestLabels {
+                verb: "get",
+                resource: "secrets".to_string(),
+            })
+            .inc();
+        let exported = exported_names(&metrics.encode());
+        assert!(exported.contains("oauth_token_operator_refresh_token_expiry_timestamp_seconds"));
+
+        let readme = include_str!("../README.md");
+        let documented: BTreeSet<String> = readme
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `oauth_token_operator_"))
+            .filter_map(|rest| rest.split('`').next())
+            .map(|name| format!("oauth_token_operator_{name}"))
+            .collect();
+        assert_eq!(documented, exported, "README's metrics table");
+
+        let check = include_str!("../.ci/chart_check.py");
+        let list = check
+            .split_once("METRICS = {")
+            .and_then(|(_, rest)| rest.split_once('}'))
+            .map(|(list, _)| list)
+            .unwrap();
+        let checked: BTreeSet<String> = list
+            .split('"')
+            .filter(|part| part.starts_with("oauth_token_operator_"))
+            .map(str::to_string)
+            .collect();
+        assert_eq!(checked, exported, ".ci/chart_check.py METRICS");
     }
 
     #[test]

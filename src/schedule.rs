@@ -9,6 +9,11 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::oauth::MAX_TOKEN_LIFETIME;
 
+mod refresh_token;
+pub use refresh_token::{
+    refresh_before_refresh_token_expiry, refresh_token_expiry, refresh_token_expiry_after,
+};
+
 /// How far ahead of expiry to refresh.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum RefreshPolicy {

@@ -92,3 +92,11 @@ fn client_secret_ref_is_required_for_confidential_clients() {
     );
     assert_eq!(rejection(public), "");
 }
+
+#[test]
+fn refresh_token_lifetime_is_for_the_refresh_token_grant_only() {
+    let allegro = with(valid_spec(), "refreshTokenLifetime", json!("90d"));
+    assert_eq!(rejection(allegro.clone()), "");
+    let cc = with(allegro, "grant", json!({"clientCredentials": {}}));
+    assert!(rejection(cc).contains("refreshTokenLifetime only applies to the refreshToken grant"));
+}

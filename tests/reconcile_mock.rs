@@ -878,3 +878,144 @@ async fn a_declared_budget_is_shared_by_the_origin() {
             .contains("oauth_token_operator_refreshes_deferred_total{reason=\"budget\"} 1")
     );
 }
+
+fn refresh_expiry_series(f: &Fixture) -> Option<i64> {
+    let prefix = format!(
+        "oauth_token_operator_refresh_token_expiry_timestamp_seconds{{namespace=\"{NS}\",name=\"allegro\"}} "
+    );
+    f.ctx.metrics.encode().lines().find_map(|line| {
+        line.strip_prefix(&prefix)
+            .map(|v| v.parse::<f64>().unwrap() as i64)
+    })
+}
+
+#[tokio::test]
+async fn a_stated_refresh_token_lifetime_reaches_state_status_and_the_gauge() {
+    let f = Fixture::new(Some(3600)).await;
+    // Keycloak's name; the refresh token lives shorter than the access token.
+    f.endpoint.then(Answer::Raw(json!({
+        "access_token": "at-1", "refresh_token": "rt-1", "expires_in": 3600,
+        "refresh_expires_in": 1800
+    })));
+    f.reconcile().await.unwrap();
+    let status = f.status();
+    let issued = time(&status["lastRefreshAt"]);
+    let refresh_expires = time(&status["refreshTokenExpiresAt"]);
+    assert_eq!((refresh_expires - issued).num_seconds(), 1800);
+    assert_eq!(
+        f.state_data("refresh_token_expires_at").as_deref(),
+        status["refreshTokenExpiresAt"].as_str()
+    );
+    assert_eq!(refresh_expiry_series(&f), Some(refresh_expires.timestamp()));
+    // The provider rotates: refresh while 33 % of the refresh token's life remains, not when
+    // 33 % of the access token's does (which would be after the refresh token died).
+    assert_eq!(
+        (refresh_expires - time(&status["nextRefreshAt"])).num_seconds(),
+        594
+    );
+    assert_eq!(f.condition("Ready"), ("True".into(), "TokenValid".into()));
+
+    // A new refresh token whose lifetime nobody states: unknown, the series goes.
+    f.make_due();
+    f.endpoint.then(Answer::Raw(
+        json!({"access_token": "at-2", "refresh_token": "rt-2", "expires_in": 3600}),
+    ));
+    f.reconcile().await.unwrap();
+    assert_eq!(f.endpoint.presented(), vec!["rt-0", "rt-1"]);
+    assert!(f.status()["refreshTokenExpiresAt"].is_null());
+    assert_eq!(f.state_data("refresh_token_expires_at"), None);
+    assert_eq!(refresh_expiry_series(&f), None);
+    f.assert_no_secret_leaks();
+}
+
+#[tokio::test]
+async fn the_spec_lifetime_counts_from_the_import_and_the_provider_wins_over_it() {
+    let f = Fixture::with_spec(Some(3600), json!({"refreshTokenLifetime": "90d"})).await;
+    let before = Utc::now();
+    // The provider does not rotate and states nothing: the clock started at the import.
+    f.endpoint.then(Answer::Raw(
+        json!({"access_token": "at-1", "expires_in": 3600}),
+    ));
+    f.reconcile().await.unwrap();
+    let status = f.status();
+    let refresh_expires = time(&status["refreshTokenExpiresAt"]);
+    let ninety_days = chrono::TimeDelta::days(90);
+    assert!(
+        refresh_expires >= before + ninety_days - chrono::TimeDelta::seconds(1)
+            && refresh_expires <= Utc::now() + ninety_days,
+        "{refresh_expires}"
+    );
+    assert_eq!(refresh_expiry_series(&f), Some(refresh_expires.timestamp()));
+    assert_eq!(
+        (time(&status["expiresAt"]) - time(&status["nextRefreshAt"])).num_seconds(),
+        1188,
+        "a refresh token that outlives the plan leaves it alone"
+    );
+
+    // Without rotation or a stated lifetime the expiry stays what it was.
+    f.make_due();
+    f.endpoint.then(Answer::Raw(
+        json!({"access_token": "at-2", "expires_in": 3600, "refresh_token": "rt-0"}),
+    ));
+    f.reconcile().await.unwrap();
+    assert_eq!(time(&f.status()["refreshTokenExpiresAt"]), refresh_expires);
+
+    // A rotation starts the spec's clock again...
+    f.make_due();
+    f.endpoint.then(Answer::Raw(
+        json!({"access_token": "at-3", "expires_in": 3600, "refresh_token": "rt-3"}),
+    ));
+    f.reconcile().await.unwrap();
+    let status = f.status();
+    assert_eq!(
+        time(&status["refreshTokenExpiresAt"]) - time(&status["lastRefreshAt"]),
+        ninety_days
+    );
+
+    // ...and a lifetime the provider states wins over the spec's.
+    f.make_due();
+    f.endpoint.then(Answer::Raw(json!({
+        "access_token": "at-4", "expires_in": 3600, "refresh_token": "rt-4",
+        "refresh_token_expires_in": "15897600"
+    })));
+    f.reconcile().await.unwrap();
+    let status = f.status();
+    assert_eq!(
+        (time(&status["refreshTokenExpiresAt"]) - time(&status["lastRefreshAt"])).num_days(),
+        184
+    );
+    assert_eq!(f.endpoint.presented(), vec!["rt-0", "rt-0", "rt-0", "rt-3"]);
+}
+
+#[tokio::test]
+async fn invalid_grant_for_an_expired_refresh_token_says_so() {
+    let f = Fixture::new(Some(3600)).await;
+    f.endpoint.then(Answer::Raw(json!({
+        "access_token": "at-1", "refresh_token": "rt-1", "expires_in": 3600,
+        "refresh_token_expires_in": 7200
+    })));
+    f.reconcile().await.unwrap();
+    // Time passes beyond the refresh token's expiry.
+    f.make_due();
+    let state_path = secret_path("allegro-oauth-state");
+    let mut state = f.api.get(&state_path).unwrap();
+    state["data"]["refresh_token_expires_at"] = json!(b64("2020-01-01T00:00:00Z"));
+    f.api.put(&state_path, state);
+    f.endpoint.then(Answer::Fail {
+        status: 400,
+        error: Some("invalid_grant"),
+        retry_after: None,
+    });
+    f.reconcile().await.unwrap();
+    assert_eq!(
+        f.condition("ReauthorizationRequired"),
+        ("True".into(), "InvalidGrant".into())
+    );
+    let message = f.condition_message("ReauthorizationRequired");
+    assert!(
+        message.contains("The refresh token had expired at 2020-01-01T00:00:00Z"),
+        "{message}"
+    );
+    assert_eq!(f.status()["refreshTokenExpiresAt"], "2020-01-01T00:00:00Z");
+    f.assert_no_secret_leaks();
+}

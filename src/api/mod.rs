@@ -55,7 +55,9 @@ pub const DEFAULT_REFRESH_TOKEN_KEY: &str = "refresh_token";
     {"rule": "!(has(self.refreshBefore) && has(self.refreshBeforePercentage))",
      "message": "set at most one of refreshBefore and refreshBeforePercentage"},
     {"rule": "has(self.clientSecretRef) || (has(self.clientId) && has(self.clientAuthentication) && self.clientAuthentication == 'None')",
-     "message": "clientSecretRef is required unless clientAuthentication is None and clientId is set"}
+     "message": "clientSecretRef is required unless clientAuthentication is None and clientId is set"},
+    {"rule": "!has(self.refreshTokenLifetime) || has(self.grant.refreshToken)",
+     "message": "refreshTokenLifetime only applies to the refreshToken grant"}
 ]))]
 pub struct OAuthTokenSpec {
     /// URL of the provider's token endpoint, for example
@@ -120,6 +122,18 @@ pub struct OAuthTokenSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
     pub default_token_lifetime: Option<String>,
+
+    /// How long a refresh token stays usable after it was issued, as a duration such as `90d`,
+    /// for providers whose token responses do not say so; a lifetime the provider states
+    /// (`refresh_token_expires_in`, `refresh_expires_in`) wins. The clock starts when a refresh
+    /// token is imported and, with providers that rotate refresh tokens, again at every
+    /// refresh: `90d` fits a provider whose refresh tokens die after 90 days unused, like
+    /// Allegro. The expiry is reported in `status.refreshTokenExpiresAt` and the metric
+    /// `oauth_token_operator_refresh_token_expiry_timestamp_seconds`, and a rotating refresh
+    /// token is refreshed before it expires. Only for the `refreshToken` grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
+    pub refresh_token_lifetime: Option<String>,
 
     /// Name of the Secret, in this namespace, that receives the access token. Defaults to the
     /// OAuthToken's name. The operator creates it and refuses to overwrite a Secret that it
@@ -259,6 +273,12 @@ pub struct OAuthTokenStatus {
 
     /// When the published access token expires.
     pub expires_at: Option<DateTime<Utc>>,
+
+    /// When the refresh token expires, as the provider stated it in a token response or as
+    /// `spec.refreshTokenLifetime` gives it; absent when unknown. With providers that rotate
+    /// refresh tokens every refresh moves it later; once it passes, no refresh succeeds until
+    /// a human authorizes again.
+    pub refresh_token_expires_at: Option<DateTime<Utc>>,
 
     /// When an access token was last obtained successfully.
     pub last_refresh_at: Option<DateTime<Utc>>,

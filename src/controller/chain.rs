@@ -369,17 +369,20 @@ impl<'a> Chain<'a> {
         assess(&self.state, binding, age)
     }
 
-    /// Replaces the state with a freshly imported refresh token bound to `binding`. A
-    /// concurrent change is not overwritten: the reconcile starts over.
+    /// Replaces the state with a freshly imported refresh token bound to `binding`, expiring at
+    /// `refresh_token_expires_at` when known. A concurrent change is not overwritten: the
+    /// reconcile starts over.
     pub async fn import(
         &mut self,
         refresh_token: secrecy::SecretString,
         fingerprint: String,
         import_secret_version: Option<String>,
         binding: Binding,
+        refresh_token_expires_at: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Result<(), Error> {
         let mut next = self.state.clone();
         next.refresh_token = Some(refresh_token);
+        next.refresh_token_expires_at = refresh_token_expires_at;
         next.imported_fingerprint = Some(fingerprint);
         next.import_secret_version = import_secret_version;
         next.binding = Some(binding);

@@ -191,6 +191,10 @@ impl Run<'_> {
                             offered_fingerprint,
                             source.as_ref().and_then(|s| s.resource_version()),
                             binding.clone(),
+                            // spec.refreshTokenLifetime counts from the import.
+                            settings
+                                .refresh_token_lifetime
+                                .map(|l| schedule::refresh_token_expiry_after(self.now, l)),
                         )
                         .await?;
                     imported = true;
@@ -433,6 +437,13 @@ impl Run<'_> {
                 .as_ref()
                 .is_some_and(|new| fingerprint(new.expose_secret()) != *presented);
             next.rotates = Some(rotated || next.rotates == Some(true));
+            next.refresh_token_expires_at = schedule::refresh_token_expiry(
+                issued.requested_at,
+                issued.refresh_expires_in,
+                inputs.settings.refresh_token_lifetime,
+                rotated,
+                next.refresh_token_expires_at,
+            );
         }
         if let Some(refresh) = issued.refresh_token {
             next.refresh_token = Some(refresh);
@@ -449,6 +460,14 @@ impl Run<'_> {
                 let refresh_at = schedule::refresh_at(
                     issued.requested_at,
                     expires_at,
+                    inputs.settings.policy,
+                    (self.ctx.jitter)(),
+                );
+                let refresh_at = schedule::refresh_before_refresh_token_expiry(
+                    refresh_at,
+                    issued.requested_at,
+                    next.refresh_token_expires_at,
+                    next.rotates == Some(true),
                     inputs.settings.policy,
                     (self.ctx.jitter)(),
                 );

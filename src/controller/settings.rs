@@ -47,6 +47,9 @@ pub struct Settings {
     pub grant: GrantSettings,
     pub policy: RefreshPolicy,
     pub default_lifetime: Duration,
+    /// `spec.refreshTokenLifetime`: how long a refresh token lives after it was issued, when
+    /// the provider does not say.
+    pub refresh_token_lifetime: Option<Duration>,
     pub target_secret: String,
     /// The budget this OAuthToken declares for its token endpoint's origin, if any.
     pub budget: Option<Limit>,
@@ -203,6 +206,23 @@ pub fn resolve(token: &OAuthToken, token_client: &TokenClient) -> Result<Setting
         }
         None => DEFAULT_TOKEN_LIFETIME,
     };
+    let refresh_token_lifetime = match &spec.refresh_token_lifetime {
+        Some(_) if grant == GrantSettings::ClientCredentials => {
+            return Err(
+                "spec.refreshTokenLifetime only applies to the refreshToken grant; the clientCredentials grant has no refresh token"
+                    .to_string(),
+            );
+        }
+        Some(text) => {
+            let lifetime =
+                parse_duration(text).map_err(|e| format!("spec.refreshTokenLifetime: {e}"))?;
+            if lifetime < Duration::from_secs(1) {
+                return Err("spec.refreshTokenLifetime must be at least 1s".to_string());
+            }
+            Some(lifetime)
+        }
+        None => None,
+    };
 
     let target_secret = token.target_secret_name();
     check_secret_name("spec.secretName", &target_secret)?;
@@ -226,6 +246,7 @@ pub fn resolve(token: &OAuthToken, token_client: &TokenClient) -> Result<Setting
         grant,
         policy,
         default_lifetime,
+        refresh_token_lifetime,
         target_secret,
         budget,
     })
@@ -281,6 +302,7 @@ mod tests {
             refresh_before: None,
             refresh_before_percentage: None,
             default_token_lifetime: None,
+            refresh_token_lifetime: None,
             secret_name: None,
             publish_refresh_token: false,
             token_endpoint_budget: None,
@@ -356,6 +378,38 @@ mod tests {
     }
 
     #[test]
+    fn refresh_token_lifetime_is_a_duration_for_the_refresh_token_grant_only() {
+        assert_eq!(resolve_spec(spec()).unwrap().refresh_token_lifetime, None);
+        let mut allegro = spec();
+        allegro.refresh_token_lifetime = Some("90d".into());
+        assert_eq!(
+            resolve_spec(allegro.clone())
+                .unwrap()
+                .refresh_token_lifetime,
+            Some(Duration::from_secs(90 * 86_400))
+        );
+        for bad in ["soon", "", "0s"] {
+            let mut odd = spec();
+            odd.refresh_token_lifetime = Some(bad.into());
+            assert!(
+                resolve_spec(odd)
+                    .unwrap_err()
+                    .contains("spec.refreshTokenLifetime"),
+                "{bad}"
+            );
+        }
+        allegro.grant = Grant {
+            refresh_token: None,
+            client_credentials: Some(ClientCredentialsGrant {}),
+        };
+        assert!(
+            resolve_spec(allegro)
+                .unwrap_err()
+                .contains("only applies to the refreshToken grant")
+        );
+    }
+
+    #[test]
     fn insecure_endpoints_are_refused_with_a_hint() {
         let mut insecure = spec();
         insecure.token_endpoint = "http://idp.test/token".into();
@@ -413,6 +467,7 @@ mod tests {
         cosmetic.refresh_before = Some("10m".into());
         cosmetic.publish_refresh_token = true;
         cosmetic.default_token_lifetime = Some("2h".into());
+        cosmetic.refresh_token_lifetime = Some("90d".into());
         assert_eq!(
             fingerprint(&resolve_spec(cosmetic.clone()).unwrap(), &cosmetic),
             original

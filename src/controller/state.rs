@@ -27,12 +27,16 @@ const REJECTED_SHA256: &str = "rejected_refresh_token_sha256";
 const REQUEST_SHA256: &str = "request_sha256";
 const ROTATES: &str = "provider_rotates_refresh_tokens";
 const IMPORT_SECRET_VERSION: &str = "import_secret_resource_version";
+const REFRESH_TOKEN_EXPIRES_AT: &str = "refresh_token_expires_at";
 
 /// What the state Secret holds.
 #[derive(Clone, Default)]
 pub struct TokenState {
     /// The newest refresh token of the chain: the only one the provider still accepts.
     pub refresh_token: Option<SecretString>,
+    /// When `refresh_token` expires: from the provider's answer (`refresh_expires_in`, ...) or
+    /// `spec.refreshTokenLifetime`; `None` when unknown.
+    pub refresh_token_expires_at: Option<DateTime<Utc>>,
     /// SHA-256 of the last refresh token imported from the user's Secret, to notice a new one
     /// without keeping a second copy of the value.
     pub imported_fingerprint: Option<String>,
@@ -99,6 +103,7 @@ impl std::fmt::Debug for TokenState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenState")
             .field("has_refresh_token", &self.refresh_token.is_some())
+            .field("refresh_token_expires_at", &self.refresh_token_expires_at)
             .field("imported_fingerprint", &self.imported_fingerprint)
             .field("import_secret_version", &self.import_secret_version)
             .field("access", &self.access)
@@ -170,6 +175,7 @@ impl TokenState {
         };
         TokenState {
             refresh_token: text(REFRESH_TOKEN).map(SecretString::from),
+            refresh_token_expires_at: time(REFRESH_TOKEN_EXPIRES_AT),
             imported_fingerprint: text(IMPORTED_SHA256),
             import_secret_version: text(IMPORT_SECRET_VERSION),
             access,
@@ -199,6 +205,9 @@ impl TokenState {
         };
         if let Some(token) = &self.refresh_token {
             put(REFRESH_TOKEN, token.expose_secret());
+        }
+        if let Some(expires_at) = self.refresh_token_expires_at {
+            put(REFRESH_TOKEN_EXPIRES_AT, &rfc3339(expires_at));
         }
         if let Some(fingerprint) = &self.imported_fingerprint {
             put(IMPORTED_SHA256, fingerprint);
@@ -263,6 +272,7 @@ mod tests {
         let at = |s: i64| Utc.timestamp_opt(1_700_000_000 + s, 0).unwrap();
         let state = TokenState {
             refresh_token: Some(SecretString::from("rt")),
+            refresh_token_expires_at: Some(at(90 * 86_400)),
             imported_fingerprint: Some(fingerprint("imported")),
             import_secret_version: Some("41".into()),
             access: Some(AccessToken {
@@ -294,6 +304,11 @@ mod tests {
         };
         let read = TokenState::from_secret(&secret);
         assert_eq!(read.refresh_token.unwrap().expose_secret(), "rt");
+        assert_eq!(read.refresh_token_expires_at, Some(at(90 * 86_400)));
+        assert_eq!(
+            secret.data.as_ref().unwrap()[REFRESH_TOKEN_EXPIRES_AT].0,
+            b"2024-02-12T22:13:20Z"
+        );
         assert_eq!(read.imported_fingerprint, state.imported_fingerprint);
         assert_eq!(read.import_secret_version, state.import_secret_version);
         let access = read.access.unwrap();
@@ -332,6 +347,28 @@ mod tests {
         let state = TokenState::from_secret(&secret);
         assert!(state.access.is_none());
         assert!(state.refresh_token.is_none());
+    }
+
+    #[test]
+    fn an_unknown_or_garbled_refresh_token_expiry_reads_as_unknown() {
+        let state = TokenState {
+            refresh_token: Some(SecretString::from("rt")),
+            ..TokenState::default()
+        };
+        let data = state.to_data();
+        assert!(!data.contains_key(REFRESH_TOKEN_EXPIRES_AT));
+        let mut data = data;
+        data.insert(
+            REFRESH_TOKEN_EXPIRES_AT.to_string(),
+            ByteString(b"in 90 days".to_vec()),
+        );
+        let secret = Secret {
+            data: Some(data),
+            ..Secret::default()
+        };
+        let state = TokenState::from_secret(&secret);
+        assert!(state.refresh_token.is_some());
+        assert_eq!(state.refresh_token_expires_at, None);
     }
 
     #[test]

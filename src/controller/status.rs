@@ -192,8 +192,15 @@ pub fn desired(
                     } else {
                         ""
                     };
+                    let expired = match state.refresh_token_expires_at {
+                        Some(at) if at <= now => format!(
+                            ". The refresh token had expired at {} (the provider's stated lifetime or spec.refreshTokenLifetime)",
+                            rfc3339(at)
+                        ),
+                        _ => String::new(),
+                    };
                     let message = format!(
-                        "{error}{lost}. A human must authorize again and put the new refresh token in the import Secret"
+                        "{error}{lost}{expired}. A human must authorize again and put the new refresh token in the import Secret"
                     );
                     set(
                         &mut next,
@@ -235,6 +242,10 @@ pub fn desired(
                 }
             }
         }
+    }
+    // The state Secret is the source of truth for the refresh token's expiry.
+    if let Some(state) = outcome.state() {
+        next.refresh_token_expires_at = state.refresh_token_expires_at;
     }
     next
 }

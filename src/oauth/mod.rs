@@ -16,7 +16,7 @@ pub mod jwt;
 mod response;
 
 pub use error::{ErrorCode, FailureKind, MAX_RETRY_AFTER, OAuthError, parse_retry_after};
-pub use response::{AccessGrant, Issued, MAX_TOKEN_LIFETIME};
+pub use response::{AccessGrant, Issued, MAX_REFRESH_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME};
 
 /// Largest token endpoint response read; anything longer is refused before it is parsed.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1024 * 1024;

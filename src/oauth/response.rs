@@ -16,6 +16,21 @@ use super::error::{ErrorCode, OAuthError};
 /// Longest lifetime believed of any token, whatever the provider says (`expires_in`, JWT `exp`).
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
+/// Longest lifetime believed of a refresh token, whatever the provider or the spec says. Longer
+/// than [`MAX_TOKEN_LIFETIME`]: refresh tokens legitimately live for years, and a lifetime
+/// clamped too short would raise a false "refresh token expiring" alert.
+pub const MAX_REFRESH_TOKEN_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+
+/// Members that state the refresh token's remaining lifetime in seconds, most specific first:
+/// `refresh_token_expires_in` (GitHub Apps, Microsoft Entra, Dropbox, ...),
+/// `x_refresh_token_expires_in` (Intuit) and `refresh_expires_in` (Keycloak). None of them is
+/// in RFC 6749.
+const REFRESH_LIFETIME_FIELDS: [&str; 3] = [
+    "refresh_token_expires_in",
+    "x_refresh_token_expires_in",
+    "refresh_expires_in",
+];
+
 /// A 2xx answer. The refresh token is kept apart from the rest so that the caller can persist it
 /// before anything else is judged.
 pub struct Issued {
@@ -26,6 +41,10 @@ pub struct Issued {
     /// A non-empty string `refresh_token` found in the 2xx JSON object, even when the rest is
     /// unusable.
     pub refresh_token: Option<SecretString>,
+    /// How long the refresh token lives from `requested_at`, when the provider says so (see
+    /// [`REFRESH_LIFETIME_FIELDS`]); at most [`MAX_REFRESH_TOKEN_LIFETIME`], `None` when absent
+    /// or not a positive number (Keycloak's `0` for offline tokens means "no idle limit").
+    pub refresh_expires_in: Option<Duration>,
     /// The access token, or why the answer cannot be used (an OAuthError, e.g. Malformed with
     /// problem "no access_token").
     pub access: Result<AccessGrant, OAuthError>,
@@ -40,6 +59,7 @@ impl std::fmt::Debug for Issued {
                 "refresh_token",
                 &self.refresh_token.as_ref().map(|_| "[redacted]"),
             )
+            .field("refresh_expires_in", &self.refresh_expires_in)
             .field("access", &self.access)
             .finish()
     }
@@ -94,6 +114,9 @@ pub(crate) fn classify(
                 refresh_token: fields
                     .last("refresh_token", non_empty_string)
                     .map(SecretString::from),
+                refresh_expires_in: REFRESH_LIFETIME_FIELDS
+                    .iter()
+                    .find_map(|name| fields.last(name, |v| seconds(v, MAX_REFRESH_TOKEN_LIFETIME))),
                 access: access_grant(status, &fields),
             })
         }
@@ -169,7 +192,7 @@ fn access_grant(status: u16, fields: &Fields<'_>) -> Result<AccessGrant, OAuthEr
         token_type: fields
             .last("token_type", token_type)
             .unwrap_or_else(|| BEARER.to_string()),
-        expires_in: fields.last("expires_in", expires_in),
+        expires_in: fields.last("expires_in", |v| seconds(v, MAX_TOKEN_LIFETIME)),
         scope: fields.last("scope", scope),
     })
 }
@@ -212,8 +235,8 @@ fn scope(value: &RawValue) -> Option<String> {
 }
 
 /// A positive number of seconds, as a JSON number (integer or float, however large) or a
-/// numeric string; at most [`MAX_TOKEN_LIFETIME`].
-fn expires_in(value: &RawValue) -> Option<Duration> {
+/// numeric string; at most `max`.
+fn seconds(value: &RawValue, max: Duration) -> Option<Duration> {
     let raw = value.get();
     let text = if raw.starts_with('"') {
         string(value)?
@@ -229,14 +252,14 @@ fn expires_in(value: &RawValue) -> Option<Duration> {
     {
         return None;
     }
-    let seconds: f64 = text.parse().ok()?;
-    if seconds.is_nan() || seconds <= 0.0 {
+    let number: f64 = text.parse().ok()?;
+    if number.is_nan() || number <= 0.0 {
         return None;
     }
-    if seconds >= MAX_TOKEN_LIFETIME.as_secs_f64() {
-        return Some(MAX_TOKEN_LIFETIME);
+    if number >= max.as_secs_f64() {
+        return Some(max);
     }
-    Duration::try_from_secs_f64(seconds)
+    Duration::try_from_secs_f64(number)
         .ok()
         .filter(|d| !d.is_zero())
 }
@@ -348,6 +371,92 @@ mod tests {
             ));
             assert!(issued.refresh_token.is_some(), "{useless}");
             assert_eq!(issued.access.unwrap().expires_in, None, "{useless}");
+        }
+    }
+
+    fn refresh_expires_in_of(member: &str, value: &str) -> Option<Duration> {
+        parse(&format!(
+            r#"{{"access_token":"x","refresh_token":"r","{member}":{value}}}"#
+        ))
+        .refresh_expires_in
+    }
+
+    #[test]
+    fn refresh_token_lifetime_under_every_known_name_and_in_every_shape() {
+        for member in REFRESH_LIFETIME_FIELDS {
+            assert_eq!(
+                refresh_expires_in_of(member, "7776000"),
+                Some(secs(7_776_000))
+            );
+            assert_eq!(refresh_expires_in_of(member, "1800.0"), Some(secs(1800)));
+            assert_eq!(
+                refresh_expires_in_of(member, r#"" 1800 ""#),
+                Some(secs(1800))
+            );
+            assert_eq!(
+                refresh_expires_in_of(member, "59.5"),
+                Some(Duration::from_millis(59_500))
+            );
+        }
+        let issued = parse(
+            r#"{"access_token":"x","expires_in":300,"refresh_token":"r","refresh_expires_in":1800}"#,
+        );
+        assert_eq!(issued.refresh_expires_in, Some(secs(1800)));
+        assert_eq!(issued.access.unwrap().expires_in, Some(secs(300)));
+        assert_eq!(parse(r#"{"access_token":"x"}"#).refresh_expires_in, None);
+        // The specific name wins over Keycloak's, whatever the order.
+        let issued =
+            parse(r#"{"refresh_expires_in":60,"access_token":"x","refresh_token_expires_in":120}"#);
+        assert_eq!(issued.refresh_expires_in, Some(secs(120)));
+        // A useless specific one does not hide a usable other one.
+        let issued = parse(
+            r#"{"refresh_token_expires_in":"soon","access_token":"x","refresh_expires_in":60}"#,
+        );
+        assert_eq!(issued.refresh_expires_in, Some(secs(60)));
+        // Stated even when the rest of the answer is unusable.
+        let issued = parse(r#"{"refresh_token":"r","refresh_token_expires_in":60}"#);
+        assert!(issued.access.is_err());
+        assert_eq!(issued.refresh_expires_in, Some(secs(60)));
+        assert!(format!("{issued:?}").contains("refresh_expires_in: Some(60s)"));
+    }
+
+    #[test]
+    fn absurd_refresh_token_lifetimes_are_clamped_or_ignored() {
+        for huge in ["1e15", "18446744073709551616", "1e400", r#""1e308""#] {
+            assert_eq!(
+                refresh_expires_in_of("refresh_expires_in", huge),
+                Some(MAX_REFRESH_TOKEN_LIFETIME),
+                "{huge}"
+            );
+        }
+        // Longer than an access token may live, but believed.
+        assert_eq!(
+            refresh_expires_in_of("refresh_token_expires_in", "63072000"),
+            Some(secs(63_072_000))
+        );
+        // Keycloak's 0 (an offline token without idle limit) and junk say nothing.
+        for useless in [
+            "0",
+            "-5",
+            "0.0",
+            "1e-400",
+            "null",
+            "true",
+            r#""soon""#,
+            r#""NaN""#,
+            r#""inf""#,
+            r#""""#,
+            "[60]",
+            r#"{"s":60}"#,
+        ] {
+            let issued = parse(&format!(
+                r#"{{"access_token":"x","refresh_token":"r","refresh_expires_in":{useless}}}"#
+            ));
+            assert_eq!(issued.refresh_expires_in, None, "{useless}");
+            assert!(
+                issued.refresh_token.is_some() && issued.access.is_ok(),
+                "{useless}"
+            );
         }
     }
 
@@ -592,6 +701,8 @@ mod tests {
             "refresh_token",
             "token_type",
             "expires_in",
+            "refresh_expires_in",
+            "refresh_token_expires_in",
             "scope",
             "error",
         ];
@@ -655,6 +766,12 @@ mod tests {
                         "{body}"
                     );
                 }
+                assert!(
+                    issued
+                        .refresh_expires_in
+                        .is_none_or(|d| !d.is_zero() && d <= MAX_REFRESH_TOKEN_LIFETIME),
+                    "{body}"
+                );
                 let Ok(grant) = issued.access else { continue };
                 usable += 1;
                 assert!(grant.expires_in.is_none_or(|d| d <= MAX_TOKEN_LIFETIME));
