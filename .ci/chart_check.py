@@ -105,6 +105,7 @@ METRICS = {
     "oauth_token_operator_token_endpoint_responses_total",
     "oauth_token_operator_reconcile_errors_total",
     "oauth_token_operator_kube_api_requests_total",
+    "oauth_token_operator_refreshes_deferred_total",
 }
 HISTOGRAMS = {"oauth_token_operator_refresh_duration_seconds"}
 # Per-token series: labelled with the OAuthToken's namespace and name.

@@ -439,6 +439,7 @@ mod tests {
                 resource: "secrets".to_string(),
             })
             .inc();
+        metrics.count_deferred(false);
         let exported = exported_names(&metrics.encode());
         assert!(exported.contains("oauth_token_operator_refresh_token_expiry_timestamp_seconds"));
 
