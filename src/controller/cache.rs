@@ -13,7 +13,7 @@
 //!
 //! Without registered caches (unit tests with a mocked API) every read goes to the API.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
 use k8s_openapi::api::core::v1::Secret;
@@ -22,12 +22,11 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
-use crate::api::{OAuthToken, ROLE_TARGET, SECRET_ROLE_LABEL};
+use crate::api::{MANAGED_BY_LABEL, OAuthToken, OWNER_LABEL, ROLE_TARGET, SECRET_ROLE_LABEL};
 
 /// Annotation that exists only in this process's cache: the SHA-256 of a token Secret's data,
 /// kept instead of the data itself.
 pub const CACHED_DATA_DIGEST: &str = "oauth-token-operator.io/cached-data-sha256";
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 type Key = (String, String);
 
@@ -37,7 +36,7 @@ pub struct Scope {
     /// `None`: every namespace.
     pub namespace: Option<String>,
     pub tokens: Store<OAuthToken>,
-    pub owned: Store<Secret>,
+    pub owned: Arc<OwnedSecrets>,
     pub others: Store<PartialObjectMeta<Secret>>,
     pub index: Arc<SecretIndex>,
 }
@@ -51,7 +50,7 @@ impl Scope {
     pub async fn wait_ready(&self) -> bool {
         use crate::health::store_ready;
         store_ready(&self.tokens).await.is_ok()
-            && store_ready(&self.owned).await.is_ok()
+            && self.owned.wait_ready().await
             && store_ready(&self.others).await.is_ok()
     }
 }
@@ -64,8 +63,8 @@ pub struct SecretIndex {
 
 #[derive(Default)]
 struct IndexMaps {
-    /// (namespace, Secret name) → OAuthToken names.
-    readers: HashMap<Key, BTreeSet<String>>,
+    /// (namespace, Secret name) → OAuthToken names (a few at most: a Vec is smallest).
+    readers: HashMap<Key, Vec<String>>,
     /// (namespace, OAuthToken name) → the Secret names it references.
     references: HashMap<Key, Vec<String>>,
 }
@@ -79,10 +78,13 @@ impl SecretIndex {
         maps.remove((namespace.clone(), name.clone()));
         let referenced = referenced_secrets(token);
         for secret in &referenced {
-            maps.readers
+            let readers = maps
+                .readers
                 .entry((namespace.clone(), secret.clone()))
-                .or_default()
-                .insert(name.clone());
+                .or_default();
+            if !readers.contains(&name) {
+                readers.push(name.clone());
+            }
         }
         maps.references.insert((namespace, name), referenced);
     }
@@ -127,7 +129,7 @@ impl IndexMaps {
         for secret in secrets {
             let key = (namespace.clone(), secret);
             if let Some(readers) = self.readers.get_mut(&key) {
-                readers.remove(&name);
+                readers.retain(|reader| *reader != name);
                 if readers.is_empty() {
                     self.readers.remove(&key);
                 }
@@ -221,8 +223,8 @@ impl Caches {
         };
         let cached = scope
             .owned
-            .get(&ObjectRef::new(name).within(namespace))
-            .map(|s| (*s).clone());
+            .get(namespace, name)
+            .map(|entry| entry.to_secret(namespace, name));
         Ok(newest(
             cached,
             &mut lock(&self.written_secrets),
@@ -387,25 +389,32 @@ pub fn is_older(version: Option<&str>, than: &str) -> bool {
     }
 }
 
-/// What the OAuthToken cache keeps: no managedFields, no copy of the last applied manifest.
+/// What the OAuthToken cache keeps: spec, status and the identity of the object. Labels and
+/// annotations (often a whole copy of the manifest in `last-applied-configuration`) and
+/// managedFields are not read by the operator.
 pub fn strip_token(token: &mut OAuthToken) {
     token.metadata.managed_fields = None;
-    if let Some(annotations) = token.metadata.annotations.as_mut() {
-        annotations.remove(LAST_APPLIED);
+    token.metadata.labels = None;
+    token.metadata.annotations = None;
+}
+
+/// How a Secret this process wrote is kept until the watch delivers it: like the cache keeps
+/// it (a token Secret as a digest).
+pub fn strip_owned_secret(secret: &mut Secret) {
+    secret.metadata.managed_fields = None;
+    if is_token_secret(secret) {
+        let digest = published_digest(secret);
+        secret.data = None;
+        if let Some(digest) = digest {
+            secret
+                .annotations_mut()
+                .insert(CACHED_DATA_DIGEST.to_string(), digest);
+        }
     }
 }
 
-/// What the owned-Secret cache keeps: no managedFields, and for a token Secret a digest of its
-/// data instead of the data (the state Secret is the source of the values).
-pub fn strip_owned_secret(secret: &mut Secret) {
-    secret.metadata.managed_fields = None;
-    let is_token_secret =
-        secret.labels().get(SECRET_ROLE_LABEL).map(String::as_str) == Some(ROLE_TARGET);
-    if is_token_secret && let Some(data) = secret.data.take() {
-        secret
-            .annotations_mut()
-            .insert(CACHED_DATA_DIGEST.to_string(), data_digest(&data));
-    }
+fn is_token_secret(secret: &Secret) -> bool {
+    secret.labels().get(SECRET_ROLE_LABEL).map(String::as_str) == Some(ROLE_TARGET)
 }
 
 /// What the cache of other Secrets keeps: identity and version.
@@ -420,14 +429,25 @@ pub fn strip_other_secret(meta: &mut PartialObjectMeta<Secret>) {
     meta.metadata = kept;
 }
 
-/// SHA-256 over a Secret's data, keys and values length-prefixed.
-pub fn data_digest(data: &BTreeMap<String, k8s_openapi::ByteString>) -> String {
+/// SHA-256 over a token Secret's data and this operator's labels on it, keys and values
+/// length-prefixed: one value that says whether the Secret must be written again.
+pub fn content_digest(
+    data: &BTreeMap<String, k8s_openapi::ByteString>,
+    labels: &BTreeMap<String, String>,
+) -> String {
     let mut hasher = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        hasher.update((bytes.len() as u64).to_be_bytes());
+        hasher.update(bytes);
+    };
     for (key, value) in data {
-        hasher.update((key.len() as u64).to_be_bytes());
-        hasher.update(key.as_bytes());
-        hasher.update((value.0.len() as u64).to_be_bytes());
-        hasher.update(&value.0);
+        field(key.as_bytes());
+        field(&value.0);
+    }
+    field(b"labels");
+    for key in OUR_LABELS {
+        field(key.as_bytes());
+        field(labels.get(key).map(String::as_bytes).unwrap_or_default());
     }
     hasher
         .finalize()
@@ -436,11 +456,158 @@ pub fn data_digest(data: &BTreeMap<String, k8s_openapi::ByteString>) -> String {
         .collect()
 }
 
+/// The labels this operator sets on its Secrets; only they count in [`content_digest`].
+const OUR_LABELS: [&str; 3] = [MANAGED_BY_LABEL, OWNER_LABEL, SECRET_ROLE_LABEL];
+
 /// The digest of what a token Secret holds, cached or not.
 pub fn published_digest(secret: &Secret) -> Option<String> {
     match &secret.data {
-        Some(data) => Some(data_digest(data)),
+        Some(data) => Some(content_digest(data, secret.labels())),
         None => secret.annotations().get(CACHED_DATA_DIGEST).cloned(),
+    }
+}
+
+/// Secret data without a map: boxed keys and values in key order.
+type CompactData = Box<[(Box<str>, Box<[u8]>)]>;
+
+/// A Secret this operator owns, as the cache keeps it: the state Secret with its data (the
+/// chain), the token Secret as a digest only (the state Secret is the source of its values).
+/// About a third of the memory of a `Secret`: no maps, no metadata beyond what is compared.
+#[derive(Debug)]
+pub struct OwnedSecret {
+    resource_version: Option<Box<str>>,
+    /// UID of the OAuthToken in the controller owner reference.
+    controller: Option<Box<str>>,
+    /// The state Secret's data.
+    data: Option<CompactData>,
+    /// A token Secret's [`content_digest`].
+    digest: Option<Box<str>>,
+}
+
+impl OwnedSecret {
+    pub fn from_secret(secret: &Secret) -> OwnedSecret {
+        let controller = secret
+            .owner_references()
+            .iter()
+            .find(|r| r.controller == Some(true))
+            .map(|r| r.uid.as_str().into());
+        let (data, digest) = if is_token_secret(secret) {
+            (None, published_digest(secret).map(String::into_boxed_str))
+        } else {
+            let data = secret.data.as_ref().map(|data| {
+                data.iter()
+                    .map(|(k, v)| (k.as_str().into(), v.0.clone().into_boxed_slice()))
+                    .collect()
+            });
+            (data, None)
+        };
+        OwnedSecret {
+            resource_version: secret.metadata.resource_version.as_deref().map(Into::into),
+            controller,
+            data,
+            digest,
+        }
+    }
+
+    /// The Secret as the reconcile reads it: name, version, controller owner reference, and
+    /// the data or the digest.
+    pub fn to_secret(&self, namespace: &str, name: &str) -> Secret {
+        let owner_references = self.controller.as_ref().map(|uid| {
+            vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                    api_version: "oauth-token-operator.io/v1alpha1".to_string(),
+                    kind: "OAuthToken".to_string(),
+                    controller: Some(true),
+                    uid: uid.to_string(),
+                    ..Default::default()
+                },
+            ]
+        });
+        let annotations = self
+            .digest
+            .as_ref()
+            .map(|digest| BTreeMap::from([(CACHED_DATA_DIGEST.to_string(), digest.to_string())]));
+        Secret {
+            metadata: kube::core::ObjectMeta {
+                name: Some(name.to_string()),
+                namespace: Some(namespace.to_string()),
+                resource_version: self.resource_version.as_deref().map(str::to_string),
+                owner_references,
+                annotations,
+                ..Default::default()
+            },
+            data: self.data.as_ref().map(|data| {
+                data.iter()
+                    .map(|(k, v)| (k.to_string(), k8s_openapi::ByteString(v.to_vec())))
+                    .collect()
+            }),
+            ..Secret::default()
+        }
+    }
+}
+
+/// The watch cache of the Secrets this operator owns, in [`OwnedSecret`] form.
+pub struct OwnedSecrets {
+    entries: RwLock<HashMap<Key, Arc<OwnedSecret>>>,
+    /// Filled while the watch lists again; replaces `entries` when the list is complete.
+    relisting: Mutex<Option<HashMap<Key, Arc<OwnedSecret>>>>,
+    ready: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for OwnedSecrets {
+    fn default() -> Self {
+        OwnedSecrets {
+            entries: RwLock::default(),
+            relisting: Mutex::default(),
+            ready: tokio::sync::watch::channel(false).0,
+        }
+    }
+}
+
+impl OwnedSecrets {
+    pub fn apply(&self, event: &kube::runtime::watcher::Event<Secret>) {
+        use kube::runtime::watcher::Event;
+        match event {
+            Event::Init => *lock(&self.relisting) = Some(HashMap::new()),
+            Event::InitApply(secret) => {
+                if let Some(relist) = lock(&self.relisting).as_mut() {
+                    relist.insert(key_of(secret), Arc::new(OwnedSecret::from_secret(secret)));
+                }
+            }
+            Event::InitDone => {
+                if let Some(relist) = lock(&self.relisting).take() {
+                    *write(&self.entries) = relist;
+                }
+                self.ready.send_replace(true);
+            }
+            Event::Apply(secret) => {
+                write(&self.entries)
+                    .insert(key_of(secret), Arc::new(OwnedSecret::from_secret(secret)));
+            }
+            Event::Delete(secret) => {
+                write(&self.entries).remove(&key_of(secret));
+            }
+        }
+    }
+
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<OwnedSecret>> {
+        read(&self.entries)
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        read(&self.entries).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Waits until the watch has listed once.
+    pub async fn wait_ready(&self) -> bool {
+        let mut ready = self.ready.subscribe();
+        ready.wait_for(|ready| *ready).await.is_ok()
     }
 }
 
@@ -523,24 +690,88 @@ mod tests {
     }
 
     #[test]
-    fn token_secrets_are_cached_as_a_digest() {
+    fn token_secrets_are_cached_as_a_digest_of_data_and_labels() {
         let data = BTreeMap::from([("access_token".to_string(), ByteString(b"at-1".to_vec()))]);
-        let mut token_secret = secret("t", "1");
-        token_secret.metadata.labels = Some(BTreeMap::from([(
-            SECRET_ROLE_LABEL.to_string(),
-            ROLE_TARGET.to_string(),
-        )]));
+        let labels = BTreeMap::from([
+            (SECRET_ROLE_LABEL.to_string(), ROLE_TARGET.to_string()),
+            ("team".to_string(), "shop".to_string()),
+        ]);
+        let mut token_secret = secret("t", "7");
+        token_secret.metadata.labels = Some(labels.clone());
         token_secret.data = Some(data.clone());
-        let before = published_digest(&token_secret);
-        strip_owned_secret(&mut token_secret);
-        assert!(token_secret.data.is_none());
-        assert_eq!(published_digest(&token_secret), before);
-        assert_eq!(before, Some(data_digest(&data)));
+        token_secret.metadata.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                controller: Some(true),
+                uid: "token-uid".into(),
+                ..Default::default()
+            },
+        ]);
+        let digest = published_digest(&token_secret);
+        assert_eq!(digest, Some(content_digest(&data, &labels)));
 
-        let mut state = secret("t-oauth-state", "1");
+        let cached = OwnedSecret::from_secret(&token_secret).to_secret("shop", "t");
+        assert!(cached.data.is_none());
+        assert_eq!(published_digest(&cached), digest);
+        assert_eq!(cached.resource_version().as_deref(), Some("7"));
+        assert_eq!(cached.owner_references()[0].uid, "token-uid");
+
+        // Other people's labels do not count; a change to ours or to the data does.
+        let mut others = labels.clone();
+        others.insert("team".into(), "billing".into());
+        assert_eq!(content_digest(&data, &others), digest.clone().unwrap());
+        let mut ours = labels.clone();
+        ours.remove(SECRET_ROLE_LABEL);
+        assert_ne!(content_digest(&data, &ours), digest.clone().unwrap());
+        let changed = BTreeMap::from([("access_token".to_string(), ByteString(b"at-2".to_vec()))]);
+        assert_ne!(content_digest(&changed, &labels), digest.unwrap());
+
+        let mut written = token_secret.clone();
+        strip_owned_secret(&mut written);
+        assert!(written.data.is_none());
+        assert_eq!(published_digest(&written), published_digest(&token_secret));
+    }
+
+    #[test]
+    fn state_secrets_keep_their_data_in_the_cache() {
+        let data = BTreeMap::from([
+            ("refresh_token".to_string(), ByteString(b"rt-1".to_vec())),
+            ("claim".to_string(), ByteString(b"{}".to_vec())),
+        ]);
+        let mut state = secret("t-oauth-state", "9");
         state.data = Some(data.clone());
-        strip_owned_secret(&mut state);
-        assert_eq!(state.data, Some(data), "the state Secret keeps its data");
+        let cached = OwnedSecret::from_secret(&state).to_secret("shop", "t-oauth-state");
+        assert_eq!(cached.data, Some(data));
+        assert_eq!(cached.resource_version().as_deref(), Some("9"));
+        assert!(cached.owner_references().is_empty());
+    }
+
+    #[test]
+    fn the_owned_cache_swaps_in_a_relist_whole() {
+        use kube::runtime::watcher::Event;
+        let cache = OwnedSecrets::default();
+        cache.apply(&Event::Init);
+        cache.apply(&Event::InitApply(secret("a", "1")));
+        assert!(cache.is_empty(), "not before the list is complete");
+        cache.apply(&Event::InitDone);
+        cache.apply(&Event::Apply(secret("b", "2")));
+        assert_eq!(cache.len(), 2);
+        // A relist that no longer has `a`: it goes when the relist completes.
+        cache.apply(&Event::Init);
+        cache.apply(&Event::InitApply(secret("b", "3")));
+        assert!(cache.get("shop", "a").is_some());
+        cache.apply(&Event::InitDone);
+        assert!(cache.get("shop", "a").is_none());
+        assert_eq!(
+            cache
+                .get("shop", "b")
+                .unwrap()
+                .to_secret("shop", "b")
+                .resource_version()
+                .as_deref(),
+            Some("3")
+        );
+        cache.apply(&Event::Delete(secret("b", "4")));
+        assert!(cache.is_empty());
     }
 
     #[test]

@@ -309,13 +309,13 @@ fn controller_for(
         ),
     };
     let (tokens_store, tokens_writer) = reflector::store();
-    let (owned_store, owned_writer) = reflector::store();
+    let owned_secrets = Arc::new(cache::OwnedSecrets::default());
     let (others_store, others_writer) = reflector::store();
     let index = Arc::new(SecretIndex::default());
     let scope = Scope {
         namespace: namespace.clone(),
         tokens: tokens_store.clone(),
-        owned: owned_store,
+        owned: owned_secrets.clone(),
         others: others_store,
         index: index.clone(),
     };
@@ -354,9 +354,8 @@ fn controller_for(
         watcher::Config::default().labels(&owned_selector(true)),
     )
     .default_backoff()
-    .modify(cache::strip_owned_secret)
-    .reflect(owned_writer)
     .try_filter_map(move |event| {
+        owned_secrets.apply(&event);
         let changed = match event {
             watcher::Event::InitApply(secret) | watcher::Event::Apply(secret) => {
                 (!ctx.caches.delivered_secret(&secret, false)).then_some(secret)

@@ -13,7 +13,7 @@ use kube::core::ObjectMeta;
 use kube::{Api, Resource, ResourceExt};
 use secrecy::{ExposeSecret, SecretString};
 
-use super::cache::{data_digest, published_digest};
+use super::cache::{content_digest, published_digest};
 use super::state::{TokenState, rfc3339};
 use crate::api::{
     MANAGED_BY_LABEL, MANAGED_BY_VALUE, OAuthToken, OWNER_LABEL, ROLE_STATE, ROLE_TARGET,
@@ -139,13 +139,9 @@ pub async fn publish_target(
     existing: Option<&Secret>,
     data: BTreeMap<String, ByteString>,
 ) -> Result<Option<Secret>, kube::Error> {
-    let desired_labels = labels(token, ROLE_TARGET);
+    let desired = content_digest(&data, &labels(token, ROLE_TARGET));
     let up_to_date = existing.is_some_and(|secret| {
-        published_digest(secret) == Some(data_digest(&data))
-            && desired_labels
-                .iter()
-                .all(|(k, v)| secret.labels().get(k) == Some(v))
-            && controlled_by(secret, token)
+        published_digest(secret) == Some(desired) && controlled_by(secret, token)
     });
     if up_to_date {
         return Ok(None);
