@@ -276,6 +276,21 @@ impl Caches {
         Ok(fresh)
     }
 
+    /// A Secret the user owns, read from the API without keeping it (an import Secret: its
+    /// version is recorded in the state, so it is read again only when it changes). `None`
+    /// without a read when the cache knows it does not exist.
+    pub async fn user_secret_once(
+        &self,
+        api: &Api<Secret>,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Secret>, kube::Error> {
+        if self.user_secret_version(namespace, name) == Some(None) {
+            return Ok(None);
+        }
+        api.get_opt(name).await
+    }
+
     /// Remembers a Secret this process just wrote, until the watch delivers it.
     pub fn wrote_secret(&self, secret: &Secret) {
         if self

@@ -69,7 +69,8 @@ impl Error {
 pub struct Context {
     pub client: Client,
     pub tokens: TokenClient,
-    pub recorder: Recorder,
+    /// Names this controller and replica in Events.
+    pub reporter: Reporter,
     /// A uniform draw in `[0, 1)` for jitter; replaceable so tests are reproducible.
     pub jitter: fn() -> f64,
     pub metrics: Arc<Metrics>,
@@ -100,6 +101,20 @@ pub const MAX_BUDGET_WAIT: Duration = Duration::from_secs(1);
 pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 32;
 
 impl Context {
+    /// Publishes an Event about `reference`. A fresh `Recorder` each time: kube's `Recorder`
+    /// keeps every Event it published for six minutes to aggregate repeats into series, which
+    /// after a cold start of 10,000 OAuthTokens is tens of MiB; this operator already publishes
+    /// only on changes, so there is nothing to aggregate.
+    pub async fn publish_event(
+        &self,
+        event: &kube::runtime::events::Event,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+    ) -> Result<(), kube::Error> {
+        Recorder::new(self.client.clone(), self.reporter.clone())
+            .publish(event, reference)
+            .await
+    }
+
     /// `reporter.instance` (the pod name) names this process in claims.
     pub fn new(client: Client, tokens: TokenClient, reporter: Reporter) -> Context {
         let identity = reporter
@@ -107,7 +122,7 @@ impl Context {
             .clone()
             .unwrap_or_else(|| "oauth-token-operator".to_string());
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            reporter,
             fencing: Fencing::new(&identity, tokens.timeout()),
             client,
             tokens,

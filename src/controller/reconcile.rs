@@ -167,8 +167,10 @@ impl Run<'_> {
             let source = if unchanged {
                 None
             } else {
+                // Read once per change: the state records which version was imported, so the
+                // value is not kept in memory.
                 caches
-                    .user_secret(self.secrets, &namespace, &import.secret)
+                    .user_secret_once(self.secrets, &namespace, &import.secret)
                     .await
                     .map_err(Error::ReadInputs)?
             };
@@ -738,7 +740,7 @@ async fn publish_events(
             action: "Reconcile".to_string(),
             secondary: None,
         };
-        if let Err(error) = ctx.recorder.publish(&event, &reference).await {
+        if let Err(error) = ctx.publish_event(&event, &reference).await {
             warn!(%error, reason, "could not publish an Event");
         }
     }
