@@ -1,14 +1,17 @@
 //! Prometheus metrics (OpenMetrics text). Labels are static categories or the OAuthToken's
 //! namespace and name: never a token, an error message or a URL.
 
-use std::collections::BTreeSet;
-use std::sync::Mutex;
-use std::sync::atomic::AtomicU64;
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
@@ -82,19 +85,13 @@ pub struct Metrics {
     pub refresh_attempts: Family<ResultLabels, Counter>,
     pub refresh_duration: Histogram,
     pub endpoint_responses: Family<StatusClassLabels, Counter>,
-    pub access_token_expiry: Family<TokenLabels, Gauge<f64, AtomicU64>>,
-    pub refresh_token_expiry: Family<TokenLabels, Gauge<f64, AtomicU64>>,
-    pub ready: Family<TokenLabels, Gauge>,
-    pub reauthorization_required: Family<TokenLabels, Gauge>,
-    pub last_successful_refresh: Family<TokenLabels, Gauge<f64, AtomicU64>>,
-    pub next_refresh: Family<TokenLabels, Gauge<f64, AtomicU64>>,
+    /// The per-token gauges.
+    per_token: Arc<TokenSeries>,
     pub reconcile_errors: Family<CategoryLabels, Counter>,
     pub kube_api_requests: Family<ApiRequestLabels, Counter>,
     pub refreshes_deferred: Family<DeferredLabels, Counter>,
     /// 1 while this replica holds the leader Lease or runs without leader election.
     pub leader: Gauge,
-    /// `(namespace, name)` of every OAuthToken with per-token series.
-    tokens: Mutex<BTreeSet<(String, String)>>,
 }
 
 impl Default for Metrics {
@@ -132,42 +129,8 @@ impl Default for Metrics {
             "Token endpoint answers by HTTP status class (none: no complete answer)",
             endpoint_responses.clone(),
         );
-        let access_token_expiry = Family::<TokenLabels, Gauge<f64, AtomicU64>>::default();
-        registry.register(
-            "access_token_expiry_timestamp_seconds",
-            "When the published access token expires, as a Unix timestamp",
-            access_token_expiry.clone(),
-        );
-        let refresh_token_expiry = Family::<TokenLabels, Gauge<f64, AtomicU64>>::default();
-        registry.register(
-            "refresh_token_expiry_timestamp_seconds",
-            "When the refresh token expires, as a Unix timestamp; only when the provider states its lifetime or spec.refreshTokenLifetime gives it",
-            refresh_token_expiry.clone(),
-        );
-        let ready = Family::<TokenLabels, Gauge>::default();
-        registry.register(
-            "ready",
-            "1 when the OAuthToken's Ready condition is True, else 0",
-            ready.clone(),
-        );
-        let reauthorization_required = Family::<TokenLabels, Gauge>::default();
-        registry.register(
-            "reauthorization_required",
-            "1 when the OAuthToken's ReauthorizationRequired condition is True, else 0",
-            reauthorization_required.clone(),
-        );
-        let last_successful_refresh = Family::<TokenLabels, Gauge<f64, AtomicU64>>::default();
-        registry.register(
-            "last_successful_refresh_timestamp_seconds",
-            "When an access token was last obtained successfully, as a Unix timestamp",
-            last_successful_refresh.clone(),
-        );
-        let next_refresh = Family::<TokenLabels, Gauge<f64, AtomicU64>>::default();
-        registry.register(
-            "next_refresh_timestamp_seconds",
-            "When the operator will next request a token, as a Unix timestamp",
-            next_refresh.clone(),
-        );
+        let per_token = Arc::new(TokenSeries::default());
+        registry.register_collector(Box::new(per_token.clone()));
         let reconcile_errors = Family::<CategoryLabels, Counter>::default();
         registry.register(
             "reconcile_errors",
@@ -193,15 +156,9 @@ impl Default for Metrics {
             refresh_attempts,
             refresh_duration,
             endpoint_responses,
-            access_token_expiry,
-            refresh_token_expiry,
-            ready,
-            reauthorization_required,
-            last_successful_refresh,
-            next_refresh,
+            per_token,
             reconcile_errors,
             leader,
-            tokens: Mutex::default(),
         }
     }
 }
@@ -263,70 +220,179 @@ impl Metrics {
             .inc();
     }
 
-    /// Sets the per-token series from an OAuthToken's status. A timestamp the status does not
-    /// have removes its series.
+    /// Sets the per-token gauges from a status.
     pub fn observe_status(&self, namespace: &str, name: &str, status: &OAuthTokenStatus) {
-        let labels = TokenLabels {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
+        let figures = TokenFigures {
+            ready: conditions::is_true(&status.conditions, conditions::READY),
+            reauthorization_required: conditions::is_true(
+                &status.conditions,
+                conditions::REAUTHORIZATION_REQUIRED,
+            ),
+            access_token_expiry: status.expires_at.map(|at| at.timestamp()),
+            refresh_token_expiry: status.refresh_token_expires_at.map(|at| at.timestamp()),
+            last_successful_refresh: status.last_refresh_at.map(|at| at.timestamp()),
+            next_refresh: status.next_refresh_at.map(|at| at.timestamp()),
         };
-        self.known_tokens()
-            .insert((namespace.to_string(), name.to_string()));
-        let ready = conditions::is_true(&status.conditions, conditions::READY);
-        let reauthorize =
-            conditions::is_true(&status.conditions, conditions::REAUTHORIZATION_REQUIRED);
-        self.ready.get_or_create(&labels).set(i64::from(ready));
-        self.reauthorization_required
-            .get_or_create(&labels)
-            .set(i64::from(reauthorize));
-        for (family, at) in [
-            (&self.access_token_expiry, status.expires_at),
-            (&self.refresh_token_expiry, status.refresh_token_expires_at),
-            (&self.last_successful_refresh, status.last_refresh_at),
-            (&self.next_refresh, status.next_refresh_at),
-        ] {
-            match at {
-                Some(at) => {
-                    family.get_or_create(&labels).set(at.timestamp() as f64);
-                }
-                None => {
-                    family.remove(&labels);
-                }
+        let mut tokens = self.per_token.write();
+        match tokens.get_mut(&(namespace, name) as &dyn TokenKey) {
+            Some(known) => *known = figures,
+            None => {
+                tokens.insert((namespace.into(), name.into()), figures);
             }
         }
     }
 
     /// `(namespace, name)` of every OAuthToken that has per-token series.
     pub fn tokens(&self) -> Vec<(String, String)> {
-        self.known_tokens().iter().cloned().collect()
-    }
-
-    fn known_tokens(&self) -> std::sync::MutexGuard<'_, BTreeSet<(String, String)>> {
-        self.tokens
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.per_token
+            .read()
+            .keys()
+            .map(|(namespace, name)| (namespace.to_string(), name.to_string()))
+            .collect()
     }
 
     /// Drops the per-token series of a deleted OAuthToken.
     pub fn forget_token(&self, namespace: &str, name: &str) {
-        let labels = TokenLabels {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-        };
-        self.known_tokens()
-            .remove(&(namespace.to_string(), name.to_string()));
-        self.ready.remove(&labels);
-        self.reauthorization_required.remove(&labels);
-        self.access_token_expiry.remove(&labels);
-        self.refresh_token_expiry.remove(&labels);
-        self.last_successful_refresh.remove(&labels);
-        self.next_refresh.remove(&labels);
+        self.per_token
+            .write()
+            .remove(&(namespace, name) as &dyn TokenKey);
+    }
+}
+
+/// What the per-token gauges say about one OAuthToken.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct TokenFigures {
+    ready: bool,
+    reauthorization_required: bool,
+    access_token_expiry: Option<i64>,
+    refresh_token_expiry: Option<i64>,
+    last_successful_refresh: Option<i64>,
+    next_refresh: Option<i64>,
+}
+
+/// The per-token gauges, kept once per OAuthToken and written out at scrape time: one entry
+/// per OAuthToken instead of one labelled series in each of six families, a few hundred bytes
+/// less per OAuthToken.
+#[derive(Debug, Default)]
+struct TokenSeries {
+    tokens: RwLock<TokenMap>,
+}
+
+/// Looks up `(Box<str>, Box<str>)` keys with borrowed `(&str, &str)`.
+trait TokenKey {
+    fn key(&self) -> (&str, &str);
+}
+
+impl TokenKey for (Box<str>, Box<str>) {
+    fn key(&self) -> (&str, &str) {
+        (&self.0, &self.1)
+    }
+}
+
+impl TokenKey for (&str, &str) {
+    fn key(&self) -> (&str, &str) {
+        (self.0, self.1)
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn TokenKey + 'a> for (Box<str>, Box<str>) {
+    fn borrow(&self) -> &(dyn TokenKey + 'a) {
+        self
+    }
+}
+
+impl PartialEq for dyn TokenKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for dyn TokenKey + '_ {}
+
+impl PartialOrd for dyn TokenKey + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for dyn TokenKey + '_ {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+type TokenMap = BTreeMap<(Box<str>, Box<str>), TokenFigures>;
+
+impl TokenSeries {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, TokenMap> {
+        self.tokens.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, TokenMap> {
+        self.tokens.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A per-token gauge: its name, help and value.
+type PerTokenGauge = (&'static str, &'static str, fn(&TokenFigures) -> Option<i64>);
+
+const PER_TOKEN_GAUGES: [PerTokenGauge; 6] = [
+    (
+        "ready",
+        "1 when the OAuthToken's Ready condition is True, else 0",
+        |f| Some(i64::from(f.ready)),
+    ),
+    (
+        "reauthorization_required",
+        "1 when the OAuthToken's ReauthorizationRequired condition is True, else 0",
+        |f| Some(i64::from(f.reauthorization_required)),
+    ),
+    (
+        "access_token_expiry_timestamp_seconds",
+        "When the published access token expires, as a Unix timestamp",
+        |f| f.access_token_expiry,
+    ),
+    (
+        "refresh_token_expiry_timestamp_seconds",
+        "When the refresh token expires, as a Unix timestamp; only when the provider states its lifetime or spec.refreshTokenLifetime gives it",
+        |f| f.refresh_token_expiry,
+    ),
+    (
+        "last_successful_refresh_timestamp_seconds",
+        "When an access token was last obtained successfully, as a Unix timestamp",
+        |f| f.last_successful_refresh,
+    ),
+    (
+        "next_refresh_timestamp_seconds",
+        "When the operator will next request a token, as a Unix timestamp",
+        |f| f.next_refresh,
+    ),
+];
+
+impl Collector for TokenSeries {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let tokens = self.read();
+        for (name, help, value) in PER_TOKEN_GAUGES {
+            // A gauge without any series is left out, as an empty family would be.
+            if !tokens.values().any(|figures| value(figures).is_some()) {
+                continue;
+            }
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for ((namespace, token), figures) in tokens.iter() {
+                if let Some(value) = value(figures) {
+                    let labels = [("namespace", &**namespace), ("name", &**token)];
+                    ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     #[test]
     fn exposition_has_the_documented_series() {
