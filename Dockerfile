@@ -20,14 +20,19 @@ FROM --platform=$BUILDPLATFORM rust:1.95.0-slim-bookworm AS build
 ARG TARGETARCH
 WORKDIR /src
 
-# Cross-compiling (TARGETARCH other than the build machine's): Debian's cross C compiler and the
-# target's glibc (static libc.a included), for ring's C code and the final link. The package
-# lists are left in place: this stage is not shipped, and .ci/image-check replays this step on
-# the CI machine itself.
+# make, for jemalloc's build (the operator's allocator). Cross-compiling (TARGETARCH other than
+# the build machine's): Debian's cross C compiler and the target's glibc (static libc.a
+# included), for ring's and jemalloc's C code and the final link. The package lists are left in
+# place: this stage is not shipped, and .ci/image-check replays this step on the CI machine
+# itself.
 RUN case "${TARGETARCH}" in amd64) cpu=x86_64 ;; arm64) cpu=aarch64 ;; "") cpu=$(uname -m) ;; *) echo "unsupported TARGETARCH ${TARGETARCH}" >&2; exit 1 ;; esac \
+ && packages="" \
+ && if ! command -v make >/dev/null; then packages="make"; fi \
  && if [ "${cpu}" != "$(uname -m)" ] && ! command -v "${cpu}-linux-gnu-gcc" >/dev/null; then \
-      apt-get update \
-      && apt-get install -y --no-install-recommends "gcc-$(echo "${cpu}" | tr _ -)-linux-gnu" "libc6-dev-${TARGETARCH}-cross"; \
+      packages="${packages} gcc-$(echo "${cpu}" | tr _ -)-linux-gnu libc6-dev-${TARGETARCH}-cross"; \
+    fi \
+ && if [ -n "${packages}" ]; then \
+      apt-get update && apt-get install -y --no-install-recommends ${packages}; \
     fi
 
 # Dependencies first, for layer caching: this layer is rebuilt only when a manifest, the lock

@@ -22,6 +22,11 @@ use tracing::{error, info};
 /// server before the process exits regardless.
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
 
+/// jemalloc rather than glibc's allocator: with thousands of cached objects glibc kept the memory
+/// of a cold start for good (see README, Scale).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Keeps OAuth 2.0 access tokens fresh in Kubernetes Secrets.
 #[derive(Parser)]
 #[command(version, about)]
