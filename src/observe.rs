@@ -32,11 +32,21 @@ pub async fn reconcile(object: Arc<OAuthToken>, ctx: Arc<Context>) -> Result<Act
 }
 
 /// Hook for the reconcile, once the new status is known: per-token metrics, and when the next
-/// reconcile of this OAuthToken is due (liveness).
-pub fn token_status(ctx: &Context, namespace: &str, name: &str, status: &OAuthTokenStatus) {
+/// reconcile of this OAuthToken is due (liveness): `status.nextRefreshAt`, or `deferred_until`
+/// when a due refresh was put off for its origin's budget (status keeps the passed due time
+/// then, and a long `Retry-After` must not look like a wedged controller).
+pub fn token_status(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    status: &OAuthTokenStatus,
+    deferred_until: Option<chrono::DateTime<chrono::Utc>>,
+) {
     ctx.metrics.observe_status(namespace, name, status);
-    ctx.progress
-        .reconcile_finished(&format!("{namespace}/{name}"), status.next_refresh_at);
+    ctx.progress.reconcile_finished(
+        &format!("{namespace}/{name}"),
+        deferred_until.or(status.next_refresh_at),
+    );
 }
 
 /// Hook for the reconcile of an OAuthToken that no longer exists: its series and bookkeeping go.

@@ -75,7 +75,11 @@ pub async fn reconcile(object: Arc<OAuthToken>, ctx: Arc<Context>) -> Result<Act
         ctx.caches.wrote_token(&written);
     }
     // per-token metrics from the new status; when the next reconcile is due.
-    crate::observe::token_status(&ctx, &namespace, &name, &next);
+    let deferred_until = match &outcome {
+        Outcome::Deferred { until } => Some(*until),
+        _ => None,
+    };
+    crate::observe::token_status(&ctx, &namespace, &name, &next, deferred_until);
     publish_events(&ctx, &token, &previous, &next, &outcome).await;
     Ok(requeue_for(&outcome, now, (ctx.jitter)()))
 }
