@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
@@ -59,6 +60,9 @@ impl Scope {
 #[derive(Default)]
 pub struct SecretIndex {
     inner: Mutex<IndexMaps>,
+    /// Built while the OAuthToken watch lists again; replaces `inner` when the list is
+    /// complete, so that lookups meanwhile still find every reader.
+    relist: Mutex<Option<IndexMaps>>,
 }
 
 #[derive(Default)]
@@ -70,23 +74,24 @@ struct IndexMaps {
 }
 
 impl SecretIndex {
-    /// Records what `token` references now, replacing what it referenced before.
-    pub fn upsert(&self, token: &OAuthToken) {
-        let namespace = token.namespace().unwrap_or_default();
-        let name = token.name_any();
-        let mut maps = lock(&self.inner);
-        maps.remove((namespace.clone(), name.clone()));
-        let referenced = referenced_secrets(token);
-        for secret in &referenced {
-            let readers = maps
-                .readers
-                .entry((namespace.clone(), secret.clone()))
-                .or_default();
-            if !readers.contains(&name) {
-                readers.push(name.clone());
-            }
+    pub fn begin_relist(&self) {
+        *lock(&self.relist) = Some(IndexMaps::default());
+    }
+
+    pub fn end_relist(&self) {
+        if let Some(relisted) = lock(&self.relist).take() {
+            *lock(&self.inner) = relisted;
         }
-        maps.references.insert((namespace, name), referenced);
+    }
+
+    /// Records what `token` references now, replacing what it referenced before (into the
+    /// index being relisted, when a relist is under way).
+    pub fn upsert(&self, token: &OAuthToken) {
+        let mut relist = lock(&self.relist);
+        match relist.as_mut() {
+            Some(maps) => maps.upsert(token),
+            None => lock(&self.inner).upsert(token),
+        }
     }
 
     pub fn remove(&self, namespace: &str, name: &str) {
@@ -121,6 +126,23 @@ impl SecretIndex {
 }
 
 impl IndexMaps {
+    fn upsert(&mut self, token: &OAuthToken) {
+        let namespace = token.namespace().unwrap_or_default();
+        let name = token.name_any();
+        self.remove((namespace.clone(), name.clone()));
+        let referenced = referenced_secrets(token);
+        for secret in &referenced {
+            let readers = self
+                .readers
+                .entry((namespace.clone(), secret.clone()))
+                .or_default();
+            if !readers.contains(&name) {
+                readers.push(name.clone());
+            }
+        }
+        self.references.insert((namespace, name), referenced);
+    }
+
     fn remove(&mut self, token: Key) {
         let Some(secrets) = self.references.remove(&token) else {
             return;
@@ -162,8 +184,8 @@ pub fn referenced_secrets(token: &OAuthToken) -> Vec<String> {
 #[derive(Default)]
 pub struct Caches {
     scopes: RwLock<Vec<Scope>>,
-    written_secrets: Mutex<HashMap<Key, Secret>>,
-    written_tokens: Mutex<HashMap<Key, OAuthToken>>,
+    written_secrets: Mutex<Overlay<Secret>>,
+    written_tokens: Mutex<Overlay<OAuthToken>>,
     /// Data of Secrets users reference, with the resourceVersion it was read at.
     referenced_data: Mutex<HashMap<Key, Arc<Secret>>>,
 }
@@ -176,8 +198,8 @@ impl Caches {
     /// Forgets every scope (the controllers stopped) and what was kept for them.
     pub fn clear(&self) {
         write(&self.scopes).clear();
-        lock(&self.written_secrets).clear();
-        lock(&self.written_tokens).clear();
+        *lock(&self.written_secrets) = Overlay::default();
+        *lock(&self.written_tokens) = Overlay::default();
         lock(&self.referenced_data).clear();
     }
 
@@ -204,11 +226,7 @@ impl Caches {
             .tokens
             .get(&ObjectRef::new(&name).within(&namespace))
             .map(|t| (*t).clone());
-        Ok(newest(
-            cached,
-            &mut lock(&self.written_tokens),
-            (namespace, name),
-        ))
+        Ok(lock(&self.written_tokens).newest(cached, (namespace, name), Instant::now()))
     }
 
     /// A Secret this operator owns (state or token Secret), newest version.
@@ -225,23 +243,40 @@ impl Caches {
             .owned
             .get(namespace, name)
             .map(|entry| entry.to_secret(namespace, name));
-        Ok(newest(
+        let newest = lock(&self.written_secrets).newest(
             cached,
-            &mut lock(&self.written_secrets),
             (namespace.to_string(), name.to_string()),
-        ))
+            Instant::now(),
+        );
+        if newest.is_none()
+            && scope
+                .others
+                .get(&ObjectRef::new(name).within(namespace))
+                .is_some()
+        {
+            // A Secret of that name exists without our label: someone else's (then the
+            // reconcile refuses to touch it), or ours with the label removed. Read it whole.
+            return api.get_opt(name).await;
+        }
+        Ok(newest)
     }
 
     /// The resourceVersion of a Secret the user owns: `Some(None)` when it does not exist,
     /// `None` when there is no cache to ask.
     pub fn user_secret_version(&self, namespace: &str, name: &str) -> Option<Option<String>> {
         let scope = self.scope_for(namespace)?;
-        Some(
+        let other = scope
+            .others
+            .get(&ObjectRef::new(name).within(namespace))
+            .and_then(|meta| meta.resource_version());
+        // A Secret that carries this operator's label (another OAuthToken's token Secret, say)
+        // is in the owned cache instead.
+        Some(other.or_else(|| {
             scope
-                .others
-                .get(&ObjectRef::new(name).within(namespace))
-                .and_then(|meta| meta.resource_version()),
-        )
+                .owned
+                .get(namespace, name)
+                .and_then(|owned| owned.resource_version.as_deref().map(str::to_string))
+        }))
     }
 
     /// A Secret the user owns, with its data: read from the API once per resourceVersion.
@@ -301,7 +336,7 @@ impl Caches {
         }
         let mut secret = secret.clone();
         strip_owned_secret(&mut secret);
-        lock(&self.written_secrets).insert(key_of(&secret), secret);
+        lock(&self.written_secrets).insert(secret, Instant::now());
     }
 
     /// Remembers an OAuthToken as this process's status write returned it.
@@ -314,19 +349,19 @@ impl Caches {
         }
         let mut token = token.clone();
         strip_token(&mut token);
-        lock(&self.written_tokens).insert(key_of(&token), token);
+        lock(&self.written_tokens).insert(token, Instant::now());
     }
 
-    /// Called for every owned Secret the watch delivers (`deleted`: a deletion). Returns
+    /// Called for every owned Secret the watch delivers. Returns
     /// whether it is this process's own write, which needs no reconcile: the reconcile that
     /// made it already knows.
-    pub fn delivered_secret(&self, secret: &Secret, deleted: bool) -> bool {
-        delivered(&mut lock(&self.written_secrets), secret, deleted)
+    pub fn delivered_secret(&self, secret: &Secret, how: Delivery) -> bool {
+        lock(&self.written_secrets).delivered(secret, how)
     }
 
     /// Called for every OAuthToken the watch delivers.
-    pub fn delivered_token(&self, token: &OAuthToken, deleted: bool) -> bool {
-        delivered(&mut lock(&self.written_tokens), token, deleted)
+    pub fn delivered_token(&self, token: &OAuthToken, how: Delivery) -> bool {
+        lock(&self.written_tokens).delivered(token, how)
     }
 
     /// Drops the data kept of a user's Secret that changed or was deleted.
@@ -354,42 +389,91 @@ fn key_of<K: Resource>(object: &K) -> Key {
     )
 }
 
-/// The newer of the cached object and this process's last write of it; the write is forgotten
-/// once the cache has caught up.
-fn newest<K: Resource + Clone>(
-    cached: Option<K>,
-    written: &mut HashMap<Key, K>,
-    key: Key,
-) -> Option<K> {
-    let Some(ours) = written.get(&key) else {
-        return cached;
-    };
-    match &cached {
-        Some(cached)
-            if !is_older(
-                cached.meta().resource_version.as_deref(),
-                ours.meta().resource_version.as_deref().unwrap_or_default(),
-            ) =>
-        {
-            written.remove(&key);
-            Some(cached.clone())
+/// How long this process's own write is trusted over the cache. A watch delivers within
+/// milliseconds; a write still undelivered after this long was deleted or superseded while the
+/// watch was away, and the cache is the better source (every state write is compare-and-swap, so
+/// a stale read costs a retry, never the chain).
+const OVERLAY_TTL: Duration = Duration::from_secs(30);
+
+/// How a watch delivered an object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Part of a (re)list: the visible cache still holds the old version until the list is
+    /// complete, so our write stays in front of it.
+    Listed,
+    Changed,
+    Deleted,
+}
+
+/// This process's writes that the watch has not delivered yet.
+struct Overlay<K> {
+    entries: HashMap<Key, (K, Instant)>,
+    swept: Option<Instant>,
+}
+
+impl<K> Default for Overlay<K> {
+    fn default() -> Self {
+        Overlay {
+            entries: HashMap::new(),
+            swept: None,
         }
-        _ => Some(ours.clone()),
     }
 }
 
-fn delivered<K: Resource>(written: &mut HashMap<Key, K>, object: &K, deleted: bool) -> bool {
-    let key = key_of(object);
-    let Some(ours) = written.get(&key) else {
-        return false;
-    };
-    let version = object.meta().resource_version.as_deref();
-    let ours_version = ours.meta().resource_version.as_deref().unwrap_or_default();
-    let own = !deleted && version == Some(ours_version);
-    if deleted || !is_older(version, ours_version) {
-        written.remove(&key);
+fn version_of<K: Resource>(object: &K) -> Option<&str> {
+    object.meta().resource_version.as_deref()
+}
+
+impl<K: Resource + Clone> Overlay<K> {
+    fn insert(&mut self, object: K, now: Instant) {
+        // Entries whose object is never read again (a deleted OAuthToken) go with the sweep.
+        if self
+            .swept
+            .is_none_or(|at| now.saturating_duration_since(at) > OVERLAY_TTL)
+        {
+            self.entries
+                .retain(|_, (_, at)| now.saturating_duration_since(*at) <= OVERLAY_TTL);
+            self.swept = Some(now);
+        }
+        self.entries.insert(key_of(&object), (object, now));
     }
-    own
+
+    /// The newer of the cached object and our write of it; our write is forgotten once the
+    /// cache has caught up or it is too old to trust.
+    fn newest(&mut self, cached: Option<K>, key: Key, now: Instant) -> Option<K> {
+        let Some((ours, at)) = self.entries.get(&key) else {
+            return cached;
+        };
+        let expired = now.saturating_duration_since(*at) > OVERLAY_TTL;
+        let caught_up = cached.as_ref().is_some_and(|cached| {
+            !is_older(version_of(cached), version_of(ours).unwrap_or_default())
+        });
+        if expired || caught_up {
+            self.entries.remove(&key);
+            return cached;
+        }
+        Some(ours.clone())
+    }
+
+    /// Whether `object`, as the watch delivered it, is our own write (which needs no
+    /// reconcile). Our copy is dropped once the delivered version is as new as ours.
+    fn delivered(&mut self, object: &K, how: Delivery) -> bool {
+        let key = key_of(object);
+        let Some((ours, _)) = self.entries.get(&key) else {
+            return false;
+        };
+        let version = version_of(object);
+        let ours_version = version_of(ours).unwrap_or_default();
+        let own = how != Delivery::Deleted && version == Some(ours_version);
+        if how != Delivery::Listed && !is_older(version, ours_version) {
+            self.entries.remove(&key);
+        }
+        own
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
 }
 
 /// Whether `version` is older than `than`. Unparsable versions count as not older, so the
@@ -488,7 +572,6 @@ type CompactData = Box<[(Box<str>, Box<[u8]>)]>;
 /// A Secret this operator owns, as the cache keeps it: the state Secret with its data (the
 /// chain), the token Secret as a digest only (the state Secret is the source of its values).
 /// About a third of the memory of a `Secret`: no maps, no metadata beyond what is compared.
-#[derive(Debug)]
 pub struct OwnedSecret {
     resource_version: Option<Box<str>>,
     /// UID of the OAuthToken in the controller owner reference.
@@ -497,6 +580,17 @@ pub struct OwnedSecret {
     data: Option<CompactData>,
     /// A token Secret's [`content_digest`].
     digest: Option<Box<str>>,
+}
+
+impl std::fmt::Debug for OwnedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnedSecret")
+            .field("resource_version", &self.resource_version)
+            .field("controller", &self.controller)
+            .field("keys", &self.data.as_ref().map(|d| d.len()))
+            .field("digest", &self.digest)
+            .finish()
+    }
 }
 
 impl OwnedSecret {
@@ -667,41 +761,65 @@ mod tests {
 
     #[test]
     fn our_write_wins_until_the_cache_catches_up() {
-        let mut written = HashMap::new();
+        let t0 = Instant::now();
         let key = ("shop".to_string(), "s".to_string());
-        written.insert(key.clone(), secret("s", "12"));
-        let seen = newest(Some(secret("s", "11")), &mut written, key.clone());
+        let mut written = Overlay::default();
+        written.insert(secret("s", "12"), t0);
+        let seen = written.newest(Some(secret("s", "11")), key.clone(), t0);
         assert_eq!(seen.unwrap().resource_version().as_deref(), Some("12"));
         // Not in the cache at all yet (just created).
-        let seen = newest(None, &mut written, key.clone());
+        let seen = written.newest(None, key.clone(), t0);
         assert_eq!(seen.unwrap().resource_version().as_deref(), Some("12"));
         // Someone else wrote after us: theirs is newer.
-        let seen = newest(Some(secret("s", "13")), &mut written, key.clone());
+        let seen = written.newest(Some(secret("s", "13")), key.clone(), t0);
         assert_eq!(seen.unwrap().resource_version().as_deref(), Some("13"));
-        assert!(written.is_empty(), "caught up: our copy is dropped");
+        assert_eq!(written.len(), 0, "caught up: our copy is dropped");
+    }
+
+    #[test]
+    fn an_undelivered_write_is_not_trusted_for_ever() {
+        // Deleted while the watch was away: no event ever comes for our write.
+        let t0 = Instant::now();
+        let key = ("shop".to_string(), "s".to_string());
+        let mut written = Overlay::default();
+        written.insert(secret("s", "12"), t0);
+        assert!(
+            written
+                .newest(None, key.clone(), t0 + OVERLAY_TTL / 2)
+                .is_some()
+        );
+        assert!(written.newest(None, key, t0 + OVERLAY_TTL * 2).is_none());
+        // Writes that are never read again go with the next sweep.
+        written.insert(secret("a", "1"), t0);
+        written.insert(secret("b", "2"), t0 + OVERLAY_TTL * 3);
+        assert_eq!(written.len(), 1);
     }
 
     #[test]
     fn delivered_own_writes_are_recognised_and_forgotten() {
-        let mut written = HashMap::new();
-        let key = ("shop".to_string(), "s".to_string());
-        written.insert(key.clone(), secret("s", "12"));
+        let t0 = Instant::now();
+        let mut written = Overlay::default();
+        written.insert(secret("s", "12"), t0);
         assert!(
-            !delivered(&mut written, &secret("s", "11"), false),
+            !written.delivered(&secret("s", "11"), Delivery::Changed),
             "an older event"
         );
         assert_eq!(written.len(), 1);
+        // In a relist, the visible cache keeps the old version until the list is complete:
+        // our write stays in front of it.
+        assert!(written.delivered(&secret("s", "12"), Delivery::Listed));
+        assert_eq!(written.len(), 1);
         assert!(
-            delivered(&mut written, &secret("s", "12"), false),
+            written.delivered(&secret("s", "12"), Delivery::Changed),
             "our own write"
         );
-        assert!(written.is_empty());
-        written.insert(key, secret("s", "12"));
-        assert!(
-            !delivered(&mut written, &secret("s", "12"), true),
-            "deleted"
-        );
-        assert!(written.is_empty());
+        assert_eq!(written.len(), 0);
+        // A late deletion of an older version does not hide our newer write (recreated).
+        written.insert(secret("s", "20"), t0);
+        assert!(!written.delivered(&secret("s", "15"), Delivery::Deleted));
+        assert_eq!(written.len(), 1);
+        assert!(!written.delivered(&secret("s", "21"), Delivery::Deleted));
+        assert_eq!(written.len(), 0);
     }
 
     #[test]
@@ -814,5 +932,16 @@ mod tests {
         index.remove("shop", "a");
         assert!(index.readers("shop", "client").is_empty());
         assert!(index.is_empty());
+
+        // During a relist the old index still answers; the new one replaces it whole.
+        index.upsert(&token("import-1"));
+        index.begin_relist();
+        assert_eq!(index.readers("shop", "import-1").len(), 1);
+        index.upsert(&token("import-3"));
+        assert_eq!(index.readers("shop", "import-1").len(), 1);
+        assert!(index.readers("shop", "import-3").is_empty());
+        index.end_relist();
+        assert!(index.readers("shop", "import-1").is_empty());
+        assert_eq!(index.readers("shop", "import-3").len(), 1);
     }
 }

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector;
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
@@ -28,7 +28,7 @@ pub mod settings;
 pub mod state;
 pub mod status;
 
-use cache::{Caches, Scope, SecretIndex};
+use cache::{Caches, Delivery, Scope, SecretIndex};
 use chain::Fencing;
 pub use reconcile::reconcile;
 
@@ -345,18 +345,23 @@ fn controller_for(
         .modify(cache::strip_token)
         .reflect(tokens_writer)
         .inspect_ok(move |event| match event {
-            watcher::Event::Init => token_index.clear(),
-            watcher::Event::InitApply(token) | watcher::Event::Apply(token) => {
+            // A relist builds the index anew and swaps it in whole, like the store.
+            watcher::Event::Init => token_index.begin_relist(),
+            watcher::Event::InitApply(token) => {
                 token_index.upsert(token);
-                ctx.caches.delivered_token(token, false);
+                ctx.caches.delivered_token(token, Delivery::Listed);
+            }
+            watcher::Event::InitDone => token_index.end_relist(),
+            watcher::Event::Apply(token) => {
+                token_index.upsert(token);
+                ctx.caches.delivered_token(token, Delivery::Changed);
             }
             watcher::Event::Delete(token) => {
                 let namespace = token.namespace().unwrap_or_default();
                 token_index.remove(&namespace, &token.name_any());
-                ctx.caches.delivered_token(token, true);
+                ctx.caches.delivered_token(token, Delivery::Deleted);
                 crate::observe::token_deleted(&ctx, &namespace, &token.name_any());
             }
-            watcher::Event::InitDone => {}
         })
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
@@ -372,11 +377,14 @@ fn controller_for(
     .try_filter_map(move |event| {
         owned_secrets.apply(&event);
         let changed = match event {
-            watcher::Event::InitApply(secret) | watcher::Event::Apply(secret) => {
-                (!ctx.caches.delivered_secret(&secret, false)).then_some(secret)
+            watcher::Event::InitApply(secret) => {
+                (!ctx.caches.delivered_secret(&secret, Delivery::Listed)).then_some(secret)
+            }
+            watcher::Event::Apply(secret) => {
+                (!ctx.caches.delivered_secret(&secret, Delivery::Changed)).then_some(secret)
             }
             watcher::Event::Delete(secret) => {
-                ctx.caches.delivered_secret(&secret, true);
+                ctx.caches.delivered_secret(&secret, Delivery::Deleted);
                 Some(secret)
             }
             watcher::Event::Init | watcher::Event::InitDone => None,
@@ -415,10 +423,24 @@ fn controller_for(
         "starting the OAuthToken controller"
     );
     let config = controller::Config::default().concurrency(context.max_concurrent_reconciles);
+    let owned_index = index.clone();
     let progress = context.progress.clone();
     let running = Controller::for_stream(token_changes, tokens_store)
         .with_config(config)
-        .owns_stream(owned_changes)
+        .watches_stream(owned_changes, move |secret| {
+            // Its OAuthToken, and any OAuthToken that references it (an odd but possible
+            // client or import Secret).
+            let namespace = secret.namespace().unwrap_or_default();
+            let mut tokens = owned_index.readers(&namespace, &secret.name_any());
+            tokens.extend(
+                secret
+                    .owner_references()
+                    .iter()
+                    .filter(|r| r.controller == Some(true) && r.kind == "OAuthToken")
+                    .map(|r| ObjectRef::new(&r.name).within(&namespace)),
+            );
+            tokens
+        })
         .watches_stream(other_changes, move |meta| {
             index.readers(&meta.namespace().unwrap_or_default(), &meta.name_any())
         })

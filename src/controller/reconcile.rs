@@ -24,13 +24,21 @@ use crate::oauth::budget::Admission;
 use crate::oauth::{ClientCredentials, FailureKind, GrantRequest, OAuthError, TokenRequest, jwt};
 use crate::schedule::{self, Decision, FailureClass, Observed, RefreshReason};
 
+/// Longest a reconcile waits for the caches to list before it looks again later.
+const CACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub async fn reconcile(object: Arc<OAuthToken>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = object.namespace().ok_or(Error::MissingNamespace)?;
     let name = object.name_any();
-    if let Some(scope) = ctx.caches.scope_for(&namespace)
-        && !scope.wait_ready().await
-    {
-        return Ok(Action::await_change());
+    if let Some(scope) = ctx.caches.scope_for(&namespace) {
+        // Without every cache listed, "not found" could be wrong. A watch that cannot list
+        // (RBAC, a missing CRD) is reported by liveness; this reconcile only gives its slot
+        // back and looks again.
+        match tokio::time::timeout(CACHE_WAIT, scope.wait_ready()).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(Action::await_change()),
+            Err(_) => return Ok(Action::requeue(CACHE_WAIT)),
+        }
     }
     let tokens: Api<OAuthToken> = Api::namespaced(ctx.client.clone(), &namespace);
     // The newest version: the watch cache can lag behind our own status write, and the status

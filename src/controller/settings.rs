@@ -226,6 +226,11 @@ pub fn resolve(token: &OAuthToken, token_client: &TokenClient) -> Result<Setting
 
     let target_secret = token.target_secret_name();
     check_secret_name("spec.secretName", &target_secret)?;
+    if crate::controller::cache::referenced_secrets(token).contains(&target_secret) {
+        return Err(format!(
+            "spec.secretName: {target_secret:?} is also read by this OAuthToken (client or import Secret); the operator writes the access token there, choose another name"
+        ));
+    }
     if target_secret == token.state_secret_name() {
         return Err(format!(
             "spec.secretName: {target_secret:?} is the operator-only Secret that keeps the refresh token; pods must not mount it, choose another name"
@@ -454,6 +459,16 @@ mod tests {
                 .unwrap_err()
                 .contains("operator-only Secret")
         );
+        for read in ["client", "auth"] {
+            let mut overwrite = spec();
+            overwrite.secret_name = Some(read.into());
+            assert!(
+                resolve_spec(overwrite)
+                    .unwrap_err()
+                    .contains("also read by this OAuthToken"),
+                "{read}"
+            );
+        }
     }
 
     #[test]
