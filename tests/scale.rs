@@ -50,6 +50,9 @@ async fn api_cost_at_the_floor_for_300_tokens() {
         "every token refreshed at least once in the window: {refreshes}"
     );
     let api = &report.sustained_api;
+    // The window's edges cut through refreshes in flight: their writes may fall inside while
+    // their token request fell outside.
+    let edge = 10.0;
     assert_eq!(
         api.verb("get"),
         0.0,
@@ -57,15 +60,15 @@ async fn api_cost_at_the_floor_for_300_tokens() {
     );
     // Rotating refresh tokens (half of them) are claimed, then committed: two state writes.
     assert!(
-        api.of("update", "secrets") + api.of("create", "secrets") <= 1.5 * refreshes,
+        api.of("update", "secrets") + api.of("create", "secrets") <= 1.5 * refreshes + edge,
         "state writes: {api:?}"
     );
     assert!(
-        api.of("patch", "secrets") <= refreshes,
+        api.of("patch", "secrets") <= refreshes + edge,
         "one token Secret write per refresh: {api:?}"
     );
     assert!(
-        api.of("patch", "oauthtokens/status") <= refreshes,
+        api.of("patch", "oauthtokens/status") <= refreshes + edge,
         "at most one status write per refresh: {api:?}"
     );
     assert_eq!(
