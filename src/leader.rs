@@ -189,7 +189,7 @@ pub async fn run_as_leader(
     ready: Arc<AtomicBool>,
 ) -> bool {
     // A standby replica is healthy and ready: it has nothing to sync until it leads.
-    // standing by; liveness has nothing to watch.
+    // Standing by; liveness has nothing to watch.
     context.progress.standby();
     context.metrics.leader.set(0);
     ready.store(true, Ordering::Release);
@@ -204,7 +204,7 @@ pub async fn run_as_leader(
         _ = shutdown.cancelled() => return true,
     };
     context.fencing.resume_refreshing();
-    // leading now: ready again only once the watches synced.
+    // Leading now: ready again only once the watches synced.
     ready.store(false, Ordering::Release);
     context.metrics.leader.set(1);
     let metrics = context.metrics.clone();
@@ -212,7 +212,7 @@ pub async fn run_as_leader(
         tokio::select! {
             _ = shutdown.cancelled() => false,
             _ = leadership.lost() => {
-                // not the leader from this moment on.
+                // Not the leader from this moment on.
                 metrics.leader.set(0);
                 tracing::error!("lost the leader lease; stopping so that another replica can lead");
                 true
@@ -222,11 +222,11 @@ pub async fn run_as_leader(
     let (flushed, lost) =
         controller::run_until(context.clone(), namespaces, ready, grace, ended).await;
     let lost = lost.unwrap_or(false);
-    // no longer leading.
+    // No longer leading.
     context.progress.standby();
     context.metrics.leader.set(0);
     if flushed {
-        // releasing is a courtesy (the lease expires anyway); an API
+        // Releasing is a courtesy (the lease expires anyway); an API
         // that does not answer must not hold up the exit.
         if tokio::time::timeout(RELEASE_TIMEOUT, leadership.release())
             .await

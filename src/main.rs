@@ -181,7 +181,7 @@ async fn run(args: RunArgs) -> ExitCode {
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    // whatever hangs, the process exits this long after shutdown began.
+    // Whatever hangs, the process exits this long after shutdown began.
     let exit_limit = args.shutdown_grace_period + SHUTDOWN_MARGIN;
     let watchdog = shutdown.clone();
     tokio::spawn(async move {
@@ -253,7 +253,7 @@ async fn run_alone(
     grace: Duration,
     ready: Arc<AtomicBool>,
 ) -> bool {
-    // without election this replica always acts as the leader.
+    // Without election this replica always acts as the leader.
     context.metrics.leader.set(1);
     let (flushed, _) =
         controller::run_until(context, namespaces, ready, grace, shutdown.cancelled()).await;

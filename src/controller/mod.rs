@@ -167,7 +167,7 @@ pub async fn run(
     shutdown: CancellationToken,
     ready: Arc<AtomicBool>,
 ) {
-    // liveness now expects the watches to sync and reconciles to finish.
+    // Liveness now expects the watches to sync and reconciles to finish.
     context.progress.controllers_started();
     let mut namespaces = namespaces;
     // A namespace listed twice would get two controllers, and so two refreshes of one token.
@@ -185,7 +185,7 @@ pub async fn run(
         scopes_ready.push(scope);
         controllers.push(controller);
     }
-    // series of deleted OAuthTokens go (the controller never reconciles
+    // Series of deleted OAuthTokens go (the controller never reconciles
     // a deleted object).
     let _pruner = crate::observe::spawn_pruner(
         context.clone(),
@@ -202,7 +202,7 @@ pub async fn run(
             }
         }
         info!("watches synced");
-        // the initial lists arrived.
+        // Liveness: the initial lists arrived.
         progress.synced();
         ready.store(true, Ordering::Release);
     });
@@ -244,7 +244,7 @@ pub async fn stop(
     let deadline = tokio::time::Instant::now() + grace;
     context.fencing.stop_refreshing();
     controller_stop.cancel();
-    // stop waiting as soon as no reconcile is in flight. A controller
+    // Stop waiting as soon as no reconcile is in flight. A controller
     // whose watch never synced (no CRD, a forbidden watch) never ends by itself.
     let running = crate::health::until_idle(&context.progress, running);
     if tokio::time::timeout_at(deadline, running).await.is_err() {
@@ -262,7 +262,7 @@ pub async fn flush_parked(context: &Context, deadline: tokio::time::Instant) -> 
         if !context.fencing.has_parked() {
             return true;
         }
-        // an API call that hangs must not outlast the deadline.
+        // An API call that hangs must not outlast the deadline.
         let Ok(left) = tokio::time::timeout_at(
             deadline,
             chain::flush_parked(&context.client, &context.fencing),
