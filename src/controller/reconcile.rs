@@ -89,7 +89,9 @@ pub async fn reconcile(object: Arc<OAuthToken>, ctx: Arc<Context>) -> Result<Act
     };
     crate::observe::token_status(&ctx, &namespace, &name, &next, deferred_until);
     publish_events(&ctx, &token, &previous, &next, &outcome).await;
-    Ok(requeue_for(&outcome, now, (ctx.jitter)()))
+    // From the time the requeue is handed over, not from when this reconcile began: a
+    // reconcile that took a token request and three writes would otherwise wake that late.
+    Ok(requeue_for(&outcome, Utc::now(), (ctx.jitter)()))
 }
 
 fn requeue_for(outcome: &Outcome, now: DateTime<Utc>, jitter_unit: f64) -> Action {
