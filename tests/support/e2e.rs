@@ -253,6 +253,23 @@ impl Env {
     }
 
     /// Events about the OAuthToken `name`, as `type reason` strings.
+    /// Waits for an Event `"{type} {reason}"` about `name`. The operator publishes Events after
+    /// the status write that a test usually waits for, so reading them once races with it.
+    pub async fn wait_for_event(&self, name: &str, event: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let events = self.events_for(name).await;
+            if events.iter().any(|e| e == event) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no Event {event:?} about {name} within {timeout:?}: {events:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn events_for(&self, name: &str) -> Vec<String> {
         let events: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
         events
