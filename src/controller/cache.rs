@@ -38,7 +38,7 @@ pub struct Scope {
     pub namespace: Option<String>,
     pub tokens: Store<OAuthToken>,
     pub owned: Arc<OwnedSecrets>,
-    pub others: Store<PartialObjectMeta<Secret>>,
+    pub others: Arc<UserSecrets>,
     pub index: Arc<SecretIndex>,
 }
 
@@ -52,7 +52,7 @@ impl Scope {
         use crate::health::store_ready;
         store_ready(&self.tokens).await.is_ok()
             && self.owned.wait_ready().await
-            && store_ready(&self.others).await.is_ok()
+            && self.others.wait_ready().await
     }
 }
 
@@ -248,12 +248,7 @@ impl Caches {
             (namespace.to_string(), name.to_string()),
             Instant::now(),
         );
-        if newest.is_none()
-            && scope
-                .others
-                .get(&ObjectRef::new(name).within(namespace))
-                .is_some()
-        {
+        if newest.is_none() && scope.others.get(namespace, name).is_some() {
             // A Secret of that name exists without our label: someone else's (then the
             // reconcile refuses to touch it), or ours with the label removed. Read it whole.
             return api.get_opt(name).await;
@@ -267,8 +262,8 @@ impl Caches {
         let scope = self.scope_for(namespace)?;
         let other = scope
             .others
-            .get(&ObjectRef::new(name).within(namespace))
-            .and_then(|meta| meta.resource_version());
+            .get(namespace, name)
+            .and_then(|version| version.map(String::from));
         // A Secret that carries this operator's label (another OAuthToken's token Secret, say)
         // is in the owned cache instead.
         Some(other.or_else(|| {
@@ -497,6 +492,15 @@ pub fn strip_token(token: &mut OAuthToken) {
     token.metadata.annotations = None;
 }
 
+/// Whether `token` is an OAuthToken the controller has not seen, or has seen with another spec
+/// (generation), than the `cached` version: what starts a reconcile.
+pub fn is_new_spec(cached: Option<&OAuthToken>, token: &OAuthToken) -> bool {
+    cached.is_none_or(|old| {
+        old.metadata.uid != token.metadata.uid
+            || old.metadata.generation != token.metadata.generation
+    })
+}
+
 /// How a Secret this process wrote is kept until the watch delivers it: like the cache keeps
 /// it (a token Secret as a digest).
 pub fn strip_owned_secret(secret: &mut Secret) {
@@ -514,18 +518,6 @@ pub fn strip_owned_secret(secret: &mut Secret) {
 
 fn is_token_secret(secret: &Secret) -> bool {
     secret.labels().get(SECRET_ROLE_LABEL).map(String::as_str) == Some(ROLE_TARGET)
-}
-
-/// What the cache of other Secrets keeps: identity and version.
-pub fn strip_other_secret(meta: &mut PartialObjectMeta<Secret>) {
-    let kept = kube::core::ObjectMeta {
-        name: meta.metadata.name.take(),
-        namespace: meta.metadata.namespace.take(),
-        resource_version: meta.metadata.resource_version.take(),
-        uid: meta.metadata.uid.take(),
-        ..Default::default()
-    };
-    meta.metadata = kept;
 }
 
 /// SHA-256 over a token Secret's data and this operator's labels on it, keys and values
@@ -655,17 +647,25 @@ impl OwnedSecret {
     }
 }
 
-/// The watch cache of the Secrets this operator owns, in [`OwnedSecret`] form.
-pub struct OwnedSecrets {
-    entries: RwLock<HashMap<Key, Arc<OwnedSecret>>>,
+/// A watch cache of Secrets keyed by namespace and name, each kept as a `V` built from the
+/// watched object: no `ObjectMeta`, no reflector keys.
+pub struct WatchedSecrets<V> {
+    entries: RwLock<HashMap<Key, V>>,
     /// Filled while the watch lists again; replaces `entries` when the list is complete.
-    relisting: Mutex<Option<HashMap<Key, Arc<OwnedSecret>>>>,
+    relisting: Mutex<Option<HashMap<Key, V>>>,
     ready: tokio::sync::watch::Sender<bool>,
 }
 
-impl Default for OwnedSecrets {
+/// The Secrets this operator owns, in [`OwnedSecret`] form.
+pub type OwnedSecrets = WatchedSecrets<Arc<OwnedSecret>>;
+
+/// Every other Secret: only its resourceVersion, enough to know whether it exists and whether
+/// its data must be read again.
+pub type UserSecrets = WatchedSecrets<Option<Box<str>>>;
+
+impl<V> Default for WatchedSecrets<V> {
     fn default() -> Self {
-        OwnedSecrets {
+        WatchedSecrets {
             entries: RwLock::default(),
             relisting: Mutex::default(),
             ready: tokio::sync::watch::channel(false).0,
@@ -675,12 +675,30 @@ impl Default for OwnedSecrets {
 
 impl OwnedSecrets {
     pub fn apply(&self, event: &kube::runtime::watcher::Event<Secret>) {
+        self.apply_with(event, |secret| Arc::new(OwnedSecret::from_secret(secret)));
+    }
+}
+
+impl UserSecrets {
+    pub fn apply(&self, event: &kube::runtime::watcher::Event<PartialObjectMeta<Secret>>) {
+        self.apply_with(event, |meta| {
+            meta.metadata.resource_version.as_deref().map(Into::into)
+        });
+    }
+}
+
+impl<V: Clone> WatchedSecrets<V> {
+    fn apply_with<K: Resource>(
+        &self,
+        event: &kube::runtime::watcher::Event<K>,
+        entry: impl Fn(&K) -> V,
+    ) {
         use kube::runtime::watcher::Event;
         match event {
             Event::Init => *lock(&self.relisting) = Some(HashMap::new()),
-            Event::InitApply(secret) => {
+            Event::InitApply(object) => {
                 if let Some(relist) = lock(&self.relisting).as_mut() {
-                    relist.insert(key_of(secret), Arc::new(OwnedSecret::from_secret(secret)));
+                    relist.insert(key_of(object), entry(object));
                 }
             }
             Event::InitDone => {
@@ -689,17 +707,16 @@ impl OwnedSecrets {
                 }
                 self.ready.send_replace(true);
             }
-            Event::Apply(secret) => {
-                write(&self.entries)
-                    .insert(key_of(secret), Arc::new(OwnedSecret::from_secret(secret)));
+            Event::Apply(object) => {
+                write(&self.entries).insert(key_of(object), entry(object));
             }
-            Event::Delete(secret) => {
-                write(&self.entries).remove(&key_of(secret));
+            Event::Delete(object) => {
+                write(&self.entries).remove(&key_of(object));
             }
         }
     }
 
-    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<OwnedSecret>> {
+    pub fn get(&self, namespace: &str, name: &str) -> Option<V> {
         read(&self.entries)
             .get(&(namespace.to_string(), name.to_string()))
             .cloned()
@@ -904,6 +921,59 @@ mod tests {
             Some("3")
         );
         cache.apply(&Event::Delete(secret("b", "4")));
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn only_a_new_object_or_generation_starts_a_reconcile() {
+        let token = |uid: &str, generation: i64, status_reason: &str| -> OAuthToken {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "oauth-token-operator.io/v1alpha1", "kind": "OAuthToken",
+                "metadata": {"name": "a", "namespace": "shop", "uid": uid,
+                             "generation": generation, "labels": {"x": status_reason}},
+                "spec": {
+                    "tokenEndpoint": "https://idp.test/token",
+                    "clientSecretRef": {"name": "client"},
+                    "grant": {"clientCredentials": {}},
+                },
+                "status": {"conditions": [{"type": "Ready", "status": "True",
+                    "reason": status_reason, "message": "",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z"}]},
+            }))
+            .unwrap()
+        };
+        let first = token("u1", 1, "TokenValid");
+        assert!(is_new_spec(None, &first));
+        assert!(!is_new_spec(Some(&first), &token("u1", 1, "RefreshFailed")));
+        assert!(is_new_spec(Some(&first), &token("u1", 2, "TokenValid")));
+        assert!(is_new_spec(Some(&first), &token("u2", 1, "TokenValid")));
+    }
+
+    #[test]
+    fn user_secrets_keep_only_their_version() {
+        use kube::runtime::watcher::Event;
+        let meta = |name: &str, version: &str| PartialObjectMeta::<Secret> {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("shop".into()),
+                resource_version: Some(version.into()),
+                ..ObjectMeta::default()
+            },
+            ..Default::default()
+        };
+        let cache = UserSecrets::default();
+        cache.apply(&Event::Init);
+        cache.apply(&Event::InitApply(meta("client", "5")));
+        assert!(
+            cache.get("shop", "client").is_none(),
+            "not before the list is complete"
+        );
+        cache.apply(&Event::InitDone);
+        assert_eq!(cache.get("shop", "client"), Some(Some("5".into())));
+        cache.apply(&Event::Apply(meta("client", "6")));
+        assert_eq!(cache.get("shop", "client"), Some(Some("6".into())));
+        assert!(cache.get("other", "client").is_none());
+        cache.apply(&Event::Delete(meta("client", "7")));
         assert!(cache.is_empty());
     }
 

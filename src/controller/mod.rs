@@ -10,7 +10,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{WatchStreamExt, predicates, watcher};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -325,26 +325,40 @@ fn controller_for(
     };
     let (tokens_store, tokens_writer) = reflector::store();
     let owned_secrets = Arc::new(cache::OwnedSecrets::default());
-    let (others_store, others_writer) = reflector::store();
+    let user_secrets = Arc::new(cache::UserSecrets::default());
     let index = Arc::new(SecretIndex::default());
     let scope = Scope {
         namespace: namespace.clone(),
         tokens: tokens_store.clone(),
         owned: owned_secrets.clone(),
-        others: others_store,
+        others: user_secrets.clone(),
         index: index.clone(),
     };
     context.caches.register(scope.clone());
 
-    // OAuthTokens: a reconcile for every spec change (status writes, ours included, do not
-    // bump the generation), with the index of referenced Secrets kept up to date.
+    // OAuthTokens: a reconcile for a new OAuthToken and for every spec change (a new
+    // generation; status writes, ours included, and metadata edits keep it), with the index of
+    // referenced Secrets kept up to date. The generation is compared with the cached version
+    // before the store takes the new one: kube's predicate filter would keep a second key per
+    // OAuthToken for the same answer.
     let ctx = context.clone();
     let token_index = index.clone();
+    let cached = tokens_store.clone();
+    let mut tokens_writer = tokens_writer;
     let token_changes = watcher(oauth_tokens, watcher::Config::default())
         .default_backoff()
         .modify(cache::strip_token)
-        .reflect(tokens_writer)
-        .inspect_ok(move |event| match event {
+        .map_ok(move |event| {
+            let spec_changed = match &event {
+                watcher::Event::Apply(token) | watcher::Event::InitApply(token) => {
+                    cache::is_new_spec(cached.get(&ObjectRef::from_obj(token)).as_deref(), token)
+                }
+                _ => false,
+            };
+            tokens_writer.apply_watcher_event(&event);
+            (event, spec_changed)
+        })
+        .inspect_ok(move |(event, _)| match event {
             // A relist builds the index anew and swaps it in whole, like the store.
             watcher::Event::Init => token_index.begin_relist(),
             watcher::Event::InitApply(token) => {
@@ -363,8 +377,14 @@ fn controller_for(
                 crate::observe::token_deleted(&ctx, &namespace, &token.name_any());
             }
         })
-        .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
+        .try_filter_map(|(event, spec_changed)| {
+            std::future::ready(Ok(match event {
+                watcher::Event::Apply(token) | watcher::Event::InitApply(token) if spec_changed => {
+                    Some(token)
+                }
+                _ => None,
+            }))
+        });
 
     // The state and token Secrets, by label. This process's own writes trigger nothing: the
     // reconcile that made them already knows.
@@ -400,9 +420,8 @@ fn controller_for(
         watcher::Config::default().labels(&owned_selector(false)),
     )
     .default_backoff()
-    .modify(cache::strip_other_secret)
-    .reflect(others_writer)
     .try_filter_map(move |event| {
+        user_secrets.apply(&event);
         let changed = match event {
             watcher::Event::InitApply(meta) | watcher::Event::Apply(meta) => {
                 ctx.caches.delivered_user_secret(&meta, false);
