@@ -10,12 +10,13 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tracing::Instrument;
 
-use crate::api::{OAuthToken, OAuthTokenStatus, conditions};
+use crate::api::{OAuthTokenStatus, conditions};
+use crate::controller::cached_token::CachedToken;
 use crate::controller::{Context, Error};
 
 /// The controller's reconcile function: [`crate::controller::reconcile`] inside a span that
 /// names the OAuthToken, tracked as in flight for liveness.
-pub async fn reconcile(object: Arc<OAuthToken>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(object: Arc<CachedToken>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = object.namespace().unwrap_or_default();
     let name = object.name_any();
     let key = format!("{namespace}/{name}");
@@ -64,7 +65,7 @@ pub fn reauthorization_required(status: &OAuthTokenStatus) -> bool {
 const PRUNE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Runs [`forget_deleted_tokens`] until the returned guard is dropped.
-pub fn spawn_pruner(ctx: Arc<Context>, stores: Vec<Store<OAuthToken>>) -> AbortOnDrop {
+pub fn spawn_pruner(ctx: Arc<Context>, stores: Vec<Store<CachedToken>>) -> AbortOnDrop {
     AbortOnDrop(tokio::spawn(forget_deleted_tokens(ctx, stores)))
 }
 
@@ -81,7 +82,7 @@ impl Drop for AbortOnDrop {
 /// object, so the reconcile alone would leave them behind. Runs until aborted; looks only once
 /// the watches have synced (an empty unsynced store would drop everything). It does not wait on
 /// the stores itself: a store wakes only one waiter, and the controller waits on it too.
-pub async fn forget_deleted_tokens(ctx: Arc<Context>, stores: Vec<Store<OAuthToken>>) {
+pub async fn forget_deleted_tokens(ctx: Arc<Context>, stores: Vec<Store<CachedToken>>) {
     let mut tick = tokio::time::interval(PRUNE_INTERVAL);
     loop {
         tick.tick().await;
@@ -89,7 +90,7 @@ pub async fn forget_deleted_tokens(ctx: Arc<Context>, stores: Vec<Store<OAuthTok
             continue;
         }
         for (namespace, name) in ctx.metrics.tokens() {
-            let reference = ObjectRef::<OAuthToken>::new(&name).within(&namespace);
+            let reference = ObjectRef::<CachedToken>::new(&name).within(&namespace);
             if !stores.iter().any(|store| store.get(&reference).is_some()) {
                 tracing::debug!(namespace, name, "OAuthToken deleted; dropping its series");
                 token_deleted(&ctx, &namespace, &name);

@@ -23,6 +23,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
+use super::cached_token::CachedToken;
 use crate::api::{MANAGED_BY_LABEL, OAuthToken, OWNER_LABEL, ROLE_TARGET, SECRET_ROLE_LABEL};
 
 /// Annotation that exists only in this process's cache: the SHA-256 of a token Secret's data,
@@ -36,7 +37,7 @@ type Key = (String, String);
 pub struct Scope {
     /// `None`: every namespace.
     pub namespace: Option<String>,
-    pub tokens: Store<OAuthToken>,
+    pub tokens: Store<CachedToken>,
     pub owned: Arc<OwnedSecrets>,
     pub others: Arc<UserSecrets>,
     pub index: Arc<SecretIndex>,
@@ -103,7 +104,7 @@ impl SecretIndex {
     }
 
     /// The OAuthTokens that reference the Secret `namespace/name`.
-    pub fn readers(&self, namespace: &str, name: &str) -> Vec<ObjectRef<OAuthToken>> {
+    pub fn readers(&self, namespace: &str, name: &str) -> Vec<ObjectRef<CachedToken>> {
         lock(&self.inner)
             .readers
             .get(&(namespace.to_string(), name.to_string()))
@@ -215,18 +216,24 @@ impl Caches {
     pub async fn token(
         &self,
         api: &Api<OAuthToken>,
-        token: &OAuthToken,
+        namespace: &str,
+        name: &str,
     ) -> Result<Option<OAuthToken>, kube::Error> {
-        let namespace = token.namespace().unwrap_or_default();
-        let name = token.name_any();
-        let Some(scope) = self.scope_for(&namespace) else {
-            return api.get_opt(&name).await;
+        let Some(scope) = self.scope_for(namespace) else {
+            return api.get_opt(name).await;
         };
-        let cached = scope
-            .tokens
-            .get(&ObjectRef::new(&name).within(&namespace))
-            .map(|t| (*t).clone());
-        Ok(lock(&self.written_tokens).newest(cached, (namespace, name), Instant::now()))
+        let cached = match scope.tokens.get(&ObjectRef::new(name).within(namespace)) {
+            Some(entry) => match entry.token() {
+                Some(token) => Some(token),
+                None => return api.get_opt(name).await,
+            },
+            None => None,
+        };
+        Ok(lock(&self.written_tokens).newest(
+            cached,
+            (namespace.to_string(), name.to_string()),
+            Instant::now(),
+        ))
     }
 
     /// A Secret this operator owns (state or token Secret), newest version.
@@ -400,9 +407,12 @@ pub enum Delivery {
     Deleted,
 }
 
-/// This process's writes that the watch has not delivered yet.
+/// This process's writes that the watch has not delivered yet. Usually a handful; thousands
+/// only while a cold start writes faster than the watch delivers. Entries are boxed and the
+/// table shrinks when it empties, so that such a burst does not leave a table of thousands
+/// of object-sized slots behind (10,000 OAuthTokens: about 10 MiB).
 struct Overlay<K> {
-    entries: HashMap<Key, (K, Instant)>,
+    entries: HashMap<Key, Box<(K, Instant)>>,
     swept: Option<Instant>,
 }
 
@@ -427,16 +437,29 @@ impl<K: Resource + Clone> Overlay<K> {
             .is_none_or(|at| now.saturating_duration_since(at) > OVERLAY_TTL)
         {
             self.entries
-                .retain(|_, (_, at)| now.saturating_duration_since(*at) <= OVERLAY_TTL);
+                .retain(|_, entry| now.saturating_duration_since(entry.1) <= OVERLAY_TTL);
+            self.shrink_if_sparse();
             self.swept = Some(now);
         }
-        self.entries.insert(key_of(&object), (object, now));
+        self.entries
+            .insert(key_of(&object), Box::new((object, now)));
+    }
+
+    fn forget(&mut self, key: &Key) {
+        self.entries.remove(key);
+        self.shrink_if_sparse();
+    }
+
+    fn shrink_if_sparse(&mut self) {
+        if self.entries.capacity() > 64 && self.entries.len() * 4 < self.entries.capacity() {
+            self.entries.shrink_to(self.entries.len() * 2);
+        }
     }
 
     /// The newer of the cached object and our write of it; our write is forgotten once the
     /// cache has caught up or it is too old to trust.
     fn newest(&mut self, cached: Option<K>, key: Key, now: Instant) -> Option<K> {
-        let Some((ours, at)) = self.entries.get(&key) else {
+        let Some((ours, at)) = self.entries.get(&key).map(|entry| &**entry) else {
             return cached;
         };
         let expired = now.saturating_duration_since(*at) > OVERLAY_TTL;
@@ -444,7 +467,7 @@ impl<K: Resource + Clone> Overlay<K> {
             !is_older(version_of(cached), version_of(ours).unwrap_or_default())
         });
         if expired || caught_up {
-            self.entries.remove(&key);
+            self.forget(&key);
             return cached;
         }
         Some(ours.clone())
@@ -454,14 +477,14 @@ impl<K: Resource + Clone> Overlay<K> {
     /// reconcile). Our copy is dropped once the delivered version is as new as ours.
     fn delivered(&mut self, object: &K, how: Delivery) -> bool {
         let key = key_of(object);
-        let Some((ours, _)) = self.entries.get(&key) else {
+        let Some((ours, _)) = self.entries.get(&key).map(|entry| &**entry) else {
             return false;
         };
         let version = version_of(object);
         let ours_version = version_of(ours).unwrap_or_default();
         let own = how != Delivery::Deleted && version == Some(ours_version);
         if how != Delivery::Listed && !is_older(version, ours_version) {
-            self.entries.remove(&key);
+            self.forget(&key);
         }
         own
     }
@@ -494,10 +517,9 @@ pub fn strip_token(token: &mut OAuthToken) {
 
 /// Whether `token` is an OAuthToken the controller has not seen, or has seen with another spec
 /// (generation), than the `cached` version: what starts a reconcile.
-pub fn is_new_spec(cached: Option<&OAuthToken>, token: &OAuthToken) -> bool {
+pub fn is_new_spec<K: Resource>(cached: Option<&K>, token: &K) -> bool {
     cached.is_none_or(|old| {
-        old.metadata.uid != token.metadata.uid
-            || old.metadata.generation != token.metadata.generation
+        old.meta().uid != token.meta().uid || old.meta().generation != token.meta().generation
     })
 }
 
@@ -791,6 +813,25 @@ mod tests {
         let seen = written.newest(Some(secret("s", "13")), key.clone(), t0);
         assert_eq!(seen.unwrap().resource_version().as_deref(), Some("13"));
         assert_eq!(written.len(), 0, "caught up: our copy is dropped");
+    }
+
+    #[test]
+    fn a_burst_of_writes_leaves_no_large_table_behind() {
+        let t0 = Instant::now();
+        let mut written = Overlay::default();
+        for i in 0..5000 {
+            written.insert(secret(&format!("s-{i}"), "7"), t0);
+        }
+        assert!(written.entries.capacity() >= 5000);
+        for i in 0..5000 {
+            assert!(written.delivered(&secret(&format!("s-{i}"), "7"), Delivery::Changed));
+        }
+        assert_eq!(written.len(), 0);
+        assert!(
+            written.entries.capacity() <= 128,
+            "{}",
+            written.entries.capacity()
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::oauth::TokenClient;
 use crate::oauth::budget::{Budgets, Limit};
 
 pub mod cache;
+pub mod cached_token;
 pub mod chain;
 mod reconcile;
 pub mod secrets;
@@ -29,6 +30,7 @@ pub mod state;
 pub mod status;
 
 use cache::{Caches, Delivery, Scope, SecretIndex};
+use cached_token::CachedToken;
 use chain::Fencing;
 pub use reconcile::reconcile;
 
@@ -138,7 +140,7 @@ impl Context {
 
 /// Retry delay after a reconcile error (Kubernetes API trouble). Provider failures never get
 /// here: their backoff is computed from status.
-fn error_policy(_token: Arc<OAuthToken>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(_token: Arc<CachedToken>, error: &Error, ctx: Arc<Context>) -> Action {
     warn!(category = error.category(), %error, "reconcile failed");
     ctx.metrics
         .reconcile_errors
@@ -349,6 +351,35 @@ fn controller_for(
         .default_backoff()
         .modify(cache::strip_token)
         .map_ok(move |event| {
+            // The hooks see the OAuthToken; the store keeps it as a `CachedToken`.
+            match &event {
+                // A relist builds the index anew and swaps it in whole, like the store.
+                watcher::Event::Init => token_index.begin_relist(),
+                watcher::Event::InitApply(token) => {
+                    token_index.upsert(token);
+                    ctx.caches.delivered_token(token, Delivery::Listed);
+                }
+                watcher::Event::InitDone => token_index.end_relist(),
+                watcher::Event::Apply(token) => {
+                    token_index.upsert(token);
+                    ctx.caches.delivered_token(token, Delivery::Changed);
+                }
+                watcher::Event::Delete(token) => {
+                    let namespace = token.namespace().unwrap_or_default();
+                    token_index.remove(&namespace, &token.name_any());
+                    ctx.caches.delivered_token(token, Delivery::Deleted);
+                    crate::observe::token_deleted(&ctx, &namespace, &token.name_any());
+                }
+            }
+            let event = match event {
+                watcher::Event::Init => watcher::Event::Init,
+                watcher::Event::InitDone => watcher::Event::InitDone,
+                watcher::Event::InitApply(token) => {
+                    watcher::Event::InitApply(CachedToken::new(&token))
+                }
+                watcher::Event::Apply(token) => watcher::Event::Apply(CachedToken::new(&token)),
+                watcher::Event::Delete(token) => watcher::Event::Delete(CachedToken::new(&token)),
+            };
             let spec_changed = match &event {
                 watcher::Event::Apply(token) | watcher::Event::InitApply(token) => {
                     cache::is_new_spec(cached.get(&ObjectRef::from_obj(token)).as_deref(), token)
@@ -357,25 +388,6 @@ fn controller_for(
             };
             tokens_writer.apply_watcher_event(&event);
             (event, spec_changed)
-        })
-        .inspect_ok(move |(event, _)| match event {
-            // A relist builds the index anew and swaps it in whole, like the store.
-            watcher::Event::Init => token_index.begin_relist(),
-            watcher::Event::InitApply(token) => {
-                token_index.upsert(token);
-                ctx.caches.delivered_token(token, Delivery::Listed);
-            }
-            watcher::Event::InitDone => token_index.end_relist(),
-            watcher::Event::Apply(token) => {
-                token_index.upsert(token);
-                ctx.caches.delivered_token(token, Delivery::Changed);
-            }
-            watcher::Event::Delete(token) => {
-                let namespace = token.namespace().unwrap_or_default();
-                token_index.remove(&namespace, &token.name_any());
-                ctx.caches.delivered_token(token, Delivery::Deleted);
-                crate::observe::token_deleted(&ctx, &namespace, &token.name_any());
-            }
         })
         .try_filter_map(|(event, spec_changed)| {
             std::future::ready(Ok(match event {

@@ -27,7 +27,9 @@ use crate::schedule::{self, Decision, FailureClass, Observed, RefreshReason};
 /// Longest a reconcile waits for the caches to list before it looks again later.
 const CACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-pub async fn reconcile(object: Arc<OAuthToken>, ctx: Arc<Context>) -> Result<Action, Error> {
+/// `object` names the OAuthToken (the controller's cached form, or an `OAuthToken`); what the
+/// reconcile works on is the newest version the caches know.
+pub async fn reconcile<K: Resource>(object: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = object.namespace().ok_or(Error::MissingNamespace)?;
     let name = object.name_any();
     if let Some(scope) = ctx.caches.scope_for(&namespace) {
@@ -45,7 +47,7 @@ pub async fn reconcile(object: Arc<OAuthToken>, ctx: Arc<Context>) -> Result<Act
     // holds the failure backoff that must not be skipped.
     let Some(token) = ctx
         .caches
-        .token(&tokens, &object)
+        .token(&tokens, &namespace, &name)
         .await
         .map_err(Error::ReadInputs)?
     else {
