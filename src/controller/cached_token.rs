@@ -77,6 +77,41 @@ impl<'de> Deserialize<'de> for CachedToken {
     }
 }
 
+/// Which OAuthTokens a watch event starts a reconcile for. What a (re)list brings is in the
+/// store only when the list is complete: a reconcile started before then would find a new
+/// OAuthToken missing (and be dropped) or read the spec it replaces, so a list's triggers wait
+/// for its end.
+#[derive(Default)]
+pub struct Triggers {
+    listed: Vec<CachedToken>,
+}
+
+impl Triggers {
+    /// `spec_changed`: the event's OAuthToken is new or has a new generation.
+    pub fn after(
+        &mut self,
+        event: kube::runtime::watcher::Event<CachedToken>,
+        spec_changed: bool,
+    ) -> Vec<CachedToken> {
+        use kube::runtime::watcher::Event;
+        match event {
+            Event::Init => {
+                self.listed.clear();
+                Vec::new()
+            }
+            Event::InitApply(token) => {
+                if spec_changed {
+                    self.listed.push(token);
+                }
+                Vec::new()
+            }
+            Event::InitDone => std::mem::take(&mut self.listed),
+            Event::Apply(token) if spec_changed => vec![token],
+            Event::Apply(_) | Event::Delete(_) => Vec::new(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,5 +148,62 @@ mod tests {
             json(&CachedToken::new(&without_status).token().unwrap()),
             json(&without_status)
         );
+    }
+
+    #[test]
+    fn a_list_starts_its_reconciles_when_it_is_complete() {
+        use kube::runtime::watcher::Event;
+        let token = |name: &str| {
+            let mut token = OAuthToken::new(
+                name,
+                serde_json::from_value(serde_json::json!({
+                    "tokenEndpoint": "https://idp.test/token",
+                    "clientSecretRef": {"name": "client"},
+                    "grant": {"clientCredentials": {}},
+                }))
+                .unwrap(),
+            );
+            token.metadata.namespace = Some("shop".into());
+            CachedToken::new(&token)
+        };
+        let names = |tokens: Vec<CachedToken>| -> Vec<String> {
+            tokens
+                .iter()
+                .map(|t| t.meta().name.clone().unwrap())
+                .collect()
+        };
+        let mut triggers = Triggers::default();
+        assert!(triggers.after(Event::Init, false).is_empty());
+        assert!(
+            triggers
+                .after(Event::InitApply(token("new")), true)
+                .is_empty()
+        );
+        assert!(
+            triggers
+                .after(Event::InitApply(token("same")), false)
+                .is_empty()
+        );
+        assert_eq!(names(triggers.after(Event::InitDone, false)), ["new"]);
+        assert_eq!(
+            names(triggers.after(Event::Apply(token("edited")), true)),
+            ["edited"]
+        );
+        assert!(
+            triggers
+                .after(Event::Apply(token("status")), false)
+                .is_empty()
+        );
+        assert!(
+            triggers
+                .after(Event::Delete(token("gone")), false)
+                .is_empty()
+        );
+        // A list that restarts before it completes starts over.
+        triggers.after(Event::Init, false);
+        triggers.after(Event::InitApply(token("a")), true);
+        triggers.after(Event::Init, false);
+        triggers.after(Event::InitApply(token("b")), true);
+        assert_eq!(names(triggers.after(Event::InitDone, false)), ["b"]);
     }
 }

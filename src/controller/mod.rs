@@ -347,56 +347,51 @@ fn controller_for(
     let token_index = index.clone();
     let cached = tokens_store.clone();
     let mut tokens_writer = tokens_writer;
+    let mut triggers = cached_token::Triggers::default();
     let token_changes = watcher(oauth_tokens, watcher::Config::default())
         .default_backoff()
         .modify(cache::strip_token)
         .map_ok(move |event| {
-            // The hooks see the OAuthToken; the store keeps it as a `CachedToken`.
-            match &event {
-                // A relist builds the index anew and swaps it in whole, like the store.
-                watcher::Event::Init => token_index.begin_relist(),
-                watcher::Event::InitApply(token) => {
-                    token_index.upsert(token);
-                    ctx.caches.delivered_token(token, Delivery::Listed);
-                }
-                watcher::Event::InitDone => token_index.end_relist(),
-                watcher::Event::Apply(token) => {
-                    token_index.upsert(token);
-                    ctx.caches.delivered_token(token, Delivery::Changed);
-                }
-                watcher::Event::Delete(token) => {
-                    let namespace = token.namespace().unwrap_or_default();
-                    token_index.remove(&namespace, &token.name_any());
-                    ctx.caches.delivered_token(token, Delivery::Deleted);
-                    crate::observe::token_deleted(&ctx, &namespace, &token.name_any());
-                }
-            }
-            let event = match event {
+            let cached_event = match &event {
                 watcher::Event::Init => watcher::Event::Init,
                 watcher::Event::InitDone => watcher::Event::InitDone,
                 watcher::Event::InitApply(token) => {
-                    watcher::Event::InitApply(CachedToken::new(&token))
+                    watcher::Event::InitApply(CachedToken::new(token))
                 }
-                watcher::Event::Apply(token) => watcher::Event::Apply(CachedToken::new(&token)),
-                watcher::Event::Delete(token) => watcher::Event::Delete(CachedToken::new(&token)),
+                watcher::Event::Apply(token) => watcher::Event::Apply(CachedToken::new(token)),
+                watcher::Event::Delete(token) => watcher::Event::Delete(CachedToken::new(token)),
             };
-            let spec_changed = match &event {
+            let spec_changed = match &cached_event {
                 watcher::Event::Apply(token) | watcher::Event::InitApply(token) => {
                     cache::is_new_spec(cached.get(&ObjectRef::from_obj(token)).as_deref(), token)
                 }
                 _ => false,
             };
-            tokens_writer.apply_watcher_event(&event);
-            (event, spec_changed)
-        })
-        .try_filter_map(|(event, spec_changed)| {
-            std::future::ready(Ok(match event {
-                watcher::Event::Apply(token) | watcher::Event::InitApply(token) if spec_changed => {
-                    Some(token)
+            // The store first, then what reads it: like kube's `reflect`.
+            tokens_writer.apply_watcher_event(&cached_event);
+            match event {
+                // A relist builds the index anew and swaps it in whole, like the store.
+                watcher::Event::Init => token_index.begin_relist(),
+                watcher::Event::InitApply(token) => {
+                    token_index.upsert(&token);
+                    ctx.caches.delivered_token(&token, Delivery::Listed);
                 }
-                _ => None,
-            }))
-        });
+                watcher::Event::InitDone => token_index.end_relist(),
+                watcher::Event::Apply(token) => {
+                    token_index.upsert(&token);
+                    ctx.caches.delivered_token(&token, Delivery::Changed);
+                }
+                watcher::Event::Delete(token) => {
+                    let namespace = token.namespace().unwrap_or_default();
+                    token_index.remove(&namespace, &token.name_any());
+                    ctx.caches.delivered_token(&token, Delivery::Deleted);
+                    crate::observe::token_deleted(&ctx, &namespace, &token.name_any());
+                }
+            }
+            triggers.after(cached_event, spec_changed)
+        })
+        .map_ok(|triggers| futures::stream::iter(triggers.into_iter().map(Ok)))
+        .try_flatten();
 
     // The state and token Secrets, by label. This process's own writes trigger nothing: the
     // reconcile that made them already knows.
