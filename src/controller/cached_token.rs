@@ -10,8 +10,8 @@ use crate::api::{OAuthToken, OAuthTokenSpec, OAuthTokenStatus};
 
 /// An OAuthToken as the watch cache keeps it: identity and version in `metadata`, spec and
 /// status as one compact JSON document. An `OAuthToken` is a struct of about 900 bytes, mostly
-/// unset optional fields, with a dozen small allocations besides; kept this way it is about
-/// half of that. A reconcile decodes the one it works on.
+/// unset optional fields, with a dozen small allocations besides; this keeps the metadata and
+/// one allocation. A reconcile decodes the one it works on.
 #[derive(Clone, Debug)]
 pub struct CachedToken {
     metadata: ObjectMeta,
