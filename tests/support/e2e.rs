@@ -518,7 +518,6 @@ impl Operator {
         }
     }
 
-    /// SIGKILL: no chance to finish anything.
     /// Stops the process without its knowledge (SIGSTOP), as a node stall would.
     pub fn freeze(&self) {
         signal(self.pid(), "STOP");
@@ -528,6 +527,7 @@ impl Operator {
         signal(self.pid(), "CONT");
     }
 
+    /// SIGKILL: no chance to finish anything.
     pub fn kill(&mut self) {
         let mut child = self.child.take().expect("running");
         child.kill().unwrap();
@@ -571,8 +571,22 @@ impl Drop for Operator {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // A failed wait says only what did not happen; the operator's last words say why.
+        if std::thread::panicking() {
+            let logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+            println!("--- last lines of operator {}:", self.identity);
+            for line in logs
+                .iter()
+                .skip(logs.len().saturating_sub(OUTPUT_SHOWN_ON_FAILURE))
+            {
+                println!("{}", line.chars().take(400).collect::<String>());
+            }
+        }
     }
 }
+
+/// How many lines of an operator's output a failed test prints.
+const OUTPUT_SHOWN_ON_FAILURE: usize = 60;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
