@@ -198,7 +198,10 @@ impl Caches {
 
     /// Forgets every scope (the controllers stopped) and what was kept for them.
     pub fn clear(&self) {
-        write(&self.scopes).clear();
+        for scope in write(&self.scopes).drain(..) {
+            scope.owned.abandon();
+            scope.others.abandon();
+        }
         *lock(&self.written_secrets) = Overlay::default();
         *lock(&self.written_tokens) = Overlay::default();
         lock(&self.referenced_data).clear();
@@ -675,7 +678,16 @@ pub struct WatchedSecrets<V> {
     entries: RwLock<HashMap<Key, V>>,
     /// Filled while the watch lists again; replaces `entries` when the list is complete.
     relisting: Mutex<Option<HashMap<Key, V>>>,
-    ready: tokio::sync::watch::Sender<bool>,
+    listed: tokio::sync::watch::Sender<Listing>,
+}
+
+/// How far a [`WatchedSecrets`] watch has come.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Listing {
+    Pending,
+    Listed,
+    /// The controllers stopped: a waiter for the first list must not wait forever.
+    Abandoned,
 }
 
 /// The Secrets this operator owns, in [`OwnedSecret`] form.
@@ -690,7 +702,7 @@ impl<V> Default for WatchedSecrets<V> {
         WatchedSecrets {
             entries: RwLock::default(),
             relisting: Mutex::default(),
-            ready: tokio::sync::watch::channel(false).0,
+            listed: tokio::sync::watch::channel(Listing::Pending).0,
         }
     }
 }
@@ -727,7 +739,13 @@ impl<V: Clone> WatchedSecrets<V> {
                 if let Some(relist) = lock(&self.relisting).take() {
                     *write(&self.entries) = relist;
                 }
-                self.ready.send_replace(true);
+                self.listed.send_if_modified(|listing| {
+                    let first = *listing == Listing::Pending;
+                    if first {
+                        *listing = Listing::Listed;
+                    }
+                    first
+                });
             }
             Event::Apply(object) => {
                 write(&self.entries).insert(key_of(object), entry(object));
@@ -752,10 +770,24 @@ impl<V: Clone> WatchedSecrets<V> {
         self.len() == 0
     }
 
-    /// Waits until the watch has listed once.
+    /// Waits until the watch has listed once; false if it was abandoned first.
     pub async fn wait_ready(&self) -> bool {
-        let mut ready = self.ready.subscribe();
-        ready.wait_for(|ready| *ready).await.is_ok()
+        let mut listed = self.listed.subscribe();
+        matches!(
+            listed.wait_for(|listing| *listing != Listing::Pending).await,
+            Ok(listing) if *listing == Listing::Listed
+        )
+    }
+
+    /// Releases whoever waits for a first list that will not come (the controllers stopped).
+    pub fn abandon(&self) {
+        self.listed.send_if_modified(|listing| {
+            let pending = *listing == Listing::Pending;
+            if pending {
+                *listing = Listing::Abandoned;
+            }
+            pending
+        });
     }
 }
 
@@ -963,6 +995,33 @@ mod tests {
         );
         cache.apply(&Event::Delete(secret("b", "4")));
         assert!(cache.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_waiter_for_the_first_list_is_released_when_the_watch_is_abandoned() {
+        use kube::runtime::watcher::Event;
+        let never_listed = Arc::new(OwnedSecrets::default());
+        let waiter = tokio::spawn({
+            let cache = never_listed.clone();
+            async move { cache.wait_ready().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "no list yet: it waits");
+        never_listed.abandon();
+        let released = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("released when abandoned");
+        assert!(!released.unwrap(), "abandoned before its first list");
+
+        // Once listed, stopping later does not turn it into a failure.
+        let listed = OwnedSecrets::default();
+        listed.apply(&Event::Init);
+        listed.apply(&Event::InitDone);
+        listed.abandon();
+        assert!(listed.wait_ready().await);
+        listed.apply(&Event::Init);
+        listed.apply(&Event::InitDone);
+        assert!(listed.wait_ready().await);
     }
 
     #[test]
