@@ -3,8 +3,9 @@
 # The oauth-token-operator image: a statically linked binary on distroless/static, running as
 # the unprivileged user 65532, for linux/amd64 and linux/arm64. Build with:
 #
-#   docker build -t oauth-token-operator:0.1.0 .
-#   docker buildx build --platform linux/amd64,linux/arm64 -t REGISTRY/oauth-token-operator:0.1.0 --push .
+#   docker build --build-arg REVISION=$(git rev-parse HEAD) -t oauth-token-operator:0.1.0 .
+#   docker buildx build --platform linux/amd64,linux/arm64 --build-arg REVISION=$(git rev-parse HEAD) \
+#     -t REGISTRY/oauth-token-operator:0.1.0 --push .
 #
 # The build stage runs on the build machine's platform (BUILDPLATFORM) and cross-compiles for
 # TARGETARCH (set by BuildKit per platform): no emulation, the same Rust toolchain for both
@@ -51,11 +52,17 @@ RUN mkdir -p src benches testing/kube-test-apiserver/src \
  && scripts/build-release.sh "${TARGETARCH}" \
  && rm -rf src
 
+# The commit built from (`--build-arg REVISION=$(git rev-parse HEAD)`): the image label and the
+# `revision` label of the oauth_token_operator_build_info metric. Declared only here, so that a
+# new revision does not invalidate the dependency layer above.
+ARG REVISION=unknown
+
 # The real sources. COPY keeps the files' modification times, which can be older than the
 # dummy build's outputs: touch the crate roots so cargo rebuilds the operator itself. The binary
 # goes to one path whatever the architecture; it runs here (--version) when not cross-compiled.
 COPY src src
 RUN touch src/main.rs src/lib.rs \
+ && export GIT_REVISION="${REVISION}" \
  && binary=$(scripts/build-release.sh "${TARGETARCH}" | tail -n 1) \
  && cp "${binary}" oauth-token-operator \
  && case "${TARGETARCH:-native}-$(uname -m)" in \

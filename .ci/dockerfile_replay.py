@@ -3,7 +3,8 @@
 The build stage's COPY steps copy from the repository into a staging directory (standing in for
 WORKDIR), and its RUN steps run there with `sh -c`, exactly as written, with the stage's ARGs in
 the environment: TARGETARCH is the architecture being replayed (--target-arch; default this
-machine's), other ARGs take their defaults. The build stage must run on the build platform
+machine's), other ARGs take the value of a --build-arg NAME=VALUE, as with `docker build`, else
+their defaults. The build stage must run on the build platform
 (`FROM --platform=$BUILDPLATFORM`) and cross-compile for TARGETARCH, which is what this host-side
 replay does too; with --target-arch arm64 on an amd64 machine its RUN steps install Debian's
 cross toolchain on this machine (apt-get, as root). The staging directory's
@@ -11,7 +12,7 @@ cross toolchain on this machine (apt-get, as root). The staging directory's
 Any instruction this replay does not understand fails it, so the replay cannot silently drift
 from what `docker build` does.
 
-Usage: dockerfile_replay.py DOCKERFILE STAGING_DIR [--target-arch amd64|arm64]
+Usage: dockerfile_replay.py DOCKERFILE STAGING_DIR [--target-arch amd64|arm64] [--build-arg NAME=VALUE]...
 Prints the binary's path (inside STAGING_DIR) as the last line.
 """
 
@@ -61,7 +62,14 @@ def main():
     parser.add_argument("staging")
     parser.add_argument("--target-arch", choices=sorted(ARCHES.values()),
                         default=ARCHES.get(platform.machine()))
+    parser.add_argument("--build-arg", action="append", default=[], metavar="NAME=VALUE")
     options = parser.parse_args()
+    build_args = {}
+    for build_arg in options.build_arg:
+        name, has_value, value = build_arg.partition("=")
+        if not has_value:
+            fail(f"--build-arg {build_arg}: expected NAME=VALUE")
+        build_args[name] = value
     dockerfile, staging = options.dockerfile, os.path.abspath(options.staging)
     if options.target_arch is None:
         fail(f"this machine's architecture {platform.machine()} is not one the image is built for")
@@ -112,6 +120,9 @@ def main():
     print(f"replaying the build stage for linux/{options.target_arch} on {automatic['BUILDPLATFORM']}",
           file=sys.stderr)
 
+    unused = sorted(set(build_args) - {a.partition("=")[0] for _, k, a in build if k == "ARG"})
+    if unused:
+        fail(f"--build-arg {', '.join(unused)}: no such ARG in the build stage")
     workdir = None
     declared = set()
     for line, keyword, args in build:
@@ -123,6 +134,8 @@ def main():
                 if has_default:
                     fail(f"line {line}: ARG {name} is set by BuildKit; it takes no default")
                 env[name] = automatic[name]
+            elif name in build_args:
+                env[name] = build_args[name]
             elif has_default:
                 env[name] = default.strip('"')
             else:
