@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::e2e::{Env, Operator, SecretValues, wait_for};
 use support::oidc_provider::{
-    BASIC_CLIENT, Client, DEFAULT_SCOPE, OidcOptions, OidcProvider, POST_CLIENT,
+    BASIC_CLIENT, Client, DEFAULT_SCOPE, Fault, OidcOptions, OidcProvider, POST_CLIENT,
 };
 
 /// A fresh namespace and a provider whose access tokens live `access_token_ttl_secs`.
@@ -829,6 +829,66 @@ async fn e2e_frozen_leader_with_a_request_in_flight_loses_no_chain() {
             .iter()
             .any(|l| l.contains("another process holds a claim")),
         "the new leader met the frozen leader's claim"
+    );
+    env.wait_for_condition(
+        "shop",
+        "Ready",
+        ("True", "TokenValid"),
+        Duration::from_secs(10),
+    )
+    .await;
+    first.assert_no_secret_in_logs(&secrets);
+    second.assert_no_secret_in_logs(&secrets);
+}
+
+/// The leader dies (SIGKILL) while its refresh request is in flight, and the provider, answering
+/// late and with an error, never rotated the refresh token. The standby takes the Lease, finds
+/// the dead leader's claim, waits it out, then presents the same refresh token again: the chain
+/// goes on, with no refresh token accepted twice.
+#[tokio::test]
+async fn e2e_killed_leader_claim_is_waited_out_then_the_chain_goes_on() {
+    let (env, provider, secrets) = setup("killed-claim", 6).await;
+    let mut first = Operator::start(&env);
+    create_chain(&env, &provider, &secrets, "shop", BASIC_CLIENT, json!({})).await;
+    wait_for_new_token(&env, "shop", None, Duration::from_secs(20)).await;
+    let second = Operator::start(&env);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The next refresh hangs for 3 s at the provider and then fails; the leader dies meanwhile.
+    provider
+        .inject_faults(
+            1,
+            Fault {
+                delay_ms: 3_000,
+                ..Fault::status(503)
+            },
+        )
+        .await;
+    let before = provider.stats().await.grant_type("refresh_token");
+    wait_for(
+        "the leader to send a refresh",
+        Duration::from_secs(20),
+        || async { (provider.stats().await.grant_type("refresh_token") > before).then_some(()) },
+    )
+    .await;
+    first.kill();
+    let killed = Instant::now();
+    let last_of_killed = current_token(&env, "shop").await;
+    secrets.collect(&env, "shop", "shop-token").await;
+
+    // Lease (15 s) and claim (5 s request timeout + 10 s, from when the standby first sees it).
+    wait_for_new_token(&env, "shop", Some(&last_of_killed), Duration::from_secs(60)).await;
+    println!("new token {:?} after the kill", killed.elapsed());
+    secrets.collect(&env, "shop", "shop-token").await;
+    let stats = provider.stats().await;
+    println!("killed leader's claim: {stats:?}");
+    assert_eq!(stats.error("invalid_grant"), 0, "{stats:?}");
+    assert!(
+        second
+            .logs()
+            .iter()
+            .any(|l| l.contains("another process holds a claim")),
+        "the new leader met the killed leader's claim"
     );
     env.wait_for_condition(
         "shop",
