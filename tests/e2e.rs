@@ -79,6 +79,63 @@ async fn wait_for_new_token(
     .await
 }
 
+/// Waits until `operator`'s current process logs that it leads.
+async fn wait_until_leading(operator: &Operator, timeout: Duration) {
+    wait_for(
+        &format!("{} to lead", operator.identity()),
+        timeout,
+        || async {
+            operator
+                .current_logs()
+                .iter()
+                .any(|l| l.contains("acquired leadership"))
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// Waits until the provider has received one more refresh request than now.
+async fn wait_for_refresh_request(provider: &OidcProvider, timeout: Duration) {
+    let before = provider.stats().await.grant_type("refresh_token");
+    wait_for("the leader to send a refresh", timeout, || async {
+        (provider.stats().await.grant_type("refresh_token") > before).then_some(())
+    })
+    .await;
+}
+
+/// After a leader stopped (frozen or killed) while holding a claim on the chain "shop": the
+/// provider refused no refresh token, the new leader (`operators[1]`) met the claim, the
+/// OAuthToken is Ready, and no secret value reached either process's output.
+async fn assert_claim_was_honoured(
+    env: &Env,
+    provider: &OidcProvider,
+    secrets: &SecretValues,
+    operators: [&Operator; 2],
+    scenario: &str,
+) {
+    let stats = provider.stats().await;
+    println!("{scenario}: {stats:?}");
+    assert_eq!(stats.error("invalid_grant"), 0, "{stats:?}");
+    assert!(
+        operators[1]
+            .logs()
+            .iter()
+            .any(|l| l.contains("another process holds a claim")),
+        "{scenario}: the new leader never met the old leader's claim"
+    );
+    env.wait_for_condition(
+        "shop",
+        "Ready",
+        ("True", "TokenValid"),
+        Duration::from_secs(10),
+    )
+    .await;
+    for operator in operators {
+        operator.assert_no_secret_in_logs(secrets);
+    }
+}
+
 /// The access token the target Secret holds now.
 async fn current_token(env: &Env, name: &str) -> String {
     env.secret_data(&format!("{name}-token"))
@@ -626,18 +683,7 @@ async fn e2e_two_replicas_never_refresh_twice_and_hand_over() {
     // A graceful stop releases the lease: the standby leads well before the lease would expire.
     let stopped = Instant::now();
     first.terminate().await;
-    wait_for(
-        "the standby to take over",
-        Duration::from_secs(10),
-        || async {
-            second
-                .logs()
-                .iter()
-                .any(|l| l.contains("acquired leadership"))
-                .then_some(())
-        },
-    )
-    .await;
+    wait_until_leading(&second, Duration::from_secs(10)).await;
     println!("hand-over after SIGTERM took {:?}", stopped.elapsed());
     let before_hand_over = current_token(&env, "shop").await;
     wait_for_new_token(
@@ -657,18 +703,7 @@ async fn e2e_two_replicas_never_refresh_twice_and_hand_over() {
     let last_of_killed = current_token(&env, "shop").await;
     first.restart();
     secrets.collect(&env, "shop", "shop-token").await;
-    wait_for(
-        "the restarted replica to take over",
-        Duration::from_secs(40),
-        || async {
-            first
-                .current_logs()
-                .iter()
-                .any(|l| l.contains("acquired leadership"))
-                .then_some(())
-        },
-    )
-    .await;
+    wait_until_leading(&first, Duration::from_secs(40)).await;
     println!("hand-over after SIGKILL took {:?}", killed.elapsed());
     let took_over = Instant::now();
     // Within the claim lifetime (request timeout 5 s + 10 s) should the kill have landed after
@@ -788,26 +823,9 @@ async fn e2e_frozen_leader_with_a_request_in_flight_loses_no_chain() {
 
     // The next refresh takes 3 s at the provider; the leader freezes right after sending it.
     provider.delay_next(1, Duration::from_secs(3)).await;
-    let before = provider.stats().await.grant_type("refresh_token");
-    wait_for(
-        "the leader to send a refresh",
-        Duration::from_secs(30),
-        || async { (provider.stats().await.grant_type("refresh_token") > before).then_some(()) },
-    )
-    .await;
+    wait_for_refresh_request(&provider, Duration::from_secs(30)).await;
     first.freeze();
-    wait_for(
-        "the standby to take the Lease",
-        Duration::from_secs(40),
-        || async {
-            second
-                .logs()
-                .iter()
-                .any(|l| l.contains("acquired leadership"))
-                .then_some(())
-        },
-    )
-    .await;
+    wait_until_leading(&second, Duration::from_secs(40)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     first.thaw();
     wait_for_new_token(&env, "shop", Some(&token), Duration::from_secs(60)).await;
@@ -820,25 +838,14 @@ async fn e2e_frozen_leader_with_a_request_in_flight_loses_no_chain() {
     )
     .await;
     secrets.collect(&env, "shop", "shop-token").await;
-    let stats = provider.stats().await;
-    println!("frozen leader: {stats:?}");
-    assert_eq!(stats.error("invalid_grant"), 0, "{stats:?}");
-    assert!(
-        second
-            .logs()
-            .iter()
-            .any(|l| l.contains("another process holds a claim")),
-        "the new leader met the frozen leader's claim"
-    );
-    env.wait_for_condition(
-        "shop",
-        "Ready",
-        ("True", "TokenValid"),
-        Duration::from_secs(10),
+    assert_claim_was_honoured(
+        &env,
+        &provider,
+        &secrets,
+        [&first, &second],
+        "frozen leader",
     )
     .await;
-    first.assert_no_secret_in_logs(&secrets);
-    second.assert_no_secret_in_logs(&secrets);
 }
 
 /// The leader dies (SIGKILL) while its refresh request is in flight, and the provider, answering
@@ -864,13 +871,7 @@ async fn e2e_killed_leader_claim_is_waited_out_then_the_chain_goes_on() {
             },
         )
         .await;
-    let before = provider.stats().await.grant_type("refresh_token");
-    wait_for(
-        "the leader to send a refresh",
-        Duration::from_secs(20),
-        || async { (provider.stats().await.grant_type("refresh_token") > before).then_some(()) },
-    )
-    .await;
+    wait_for_refresh_request(&provider, Duration::from_secs(20)).await;
     first.kill();
     let killed = Instant::now();
     let last_of_killed = current_token(&env, "shop").await;
@@ -880,25 +881,14 @@ async fn e2e_killed_leader_claim_is_waited_out_then_the_chain_goes_on() {
     wait_for_new_token(&env, "shop", Some(&last_of_killed), Duration::from_secs(60)).await;
     println!("new token {:?} after the kill", killed.elapsed());
     secrets.collect(&env, "shop", "shop-token").await;
-    let stats = provider.stats().await;
-    println!("killed leader's claim: {stats:?}");
-    assert_eq!(stats.error("invalid_grant"), 0, "{stats:?}");
-    assert!(
-        second
-            .logs()
-            .iter()
-            .any(|l| l.contains("another process holds a claim")),
-        "the new leader met the killed leader's claim"
-    );
-    env.wait_for_condition(
-        "shop",
-        "Ready",
-        ("True", "TokenValid"),
-        Duration::from_secs(10),
+    assert_claim_was_honoured(
+        &env,
+        &provider,
+        &secrets,
+        [&first, &second],
+        "killed leader's claim",
     )
     .await;
-    first.assert_no_secret_in_logs(&secrets);
-    second.assert_no_secret_in_logs(&secrets);
 }
 
 /// The Kubernetes API goes away for good (the test server stops): without leader election
