@@ -31,11 +31,16 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// cache is filled by two runtime threads and a handful of others, and every further arena
 /// holds its own partly used pages. Freed pages go back to the system at once instead of over
 /// 10 s: the memory a cold start or a burst of refreshes used is given back, and the steady
-/// RSS is what the caches hold. 10,000 OAuthTokens: steady 71 -> 64 MiB, under sustained
-/// refreshes 77 -> 66 MiB, with the same 513 refreshes/s. `_RJEM_MALLOC_CONF` in the
-/// environment still overrides it.
+/// RSS is what the caches hold. No per-thread caches: each thread that allocates (the runtime's
+/// and the blocking pool's) would otherwise keep freed objects of every size class for itself.
+/// 10,000 OAuthTokens: the arena and decay settings took steady RSS from 71 to 64 MiB and
+/// under sustained refreshes from 77 to 66 MiB; without thread caches steady is 61.5 MiB (62.4
+/// on a real kube-apiserver, where it was 64.4) and under sustained refreshes 62–64 MiB (73 on
+/// the real one), with the same 515 refreshes/s. `_RJEM_MALLOC_CONF` in the environment still
+/// overrides it.
 #[unsafe(export_name = "_rjem_malloc_conf")]
-static JEMALLOC_OPTIONS: JemallocOptions = JemallocOptions(c"narenas:1,dirty_decay_ms:0".as_ptr());
+static JEMALLOC_OPTIONS: JemallocOptions =
+    JemallocOptions(c"narenas:1,tcache:false,dirty_decay_ms:0".as_ptr());
 
 /// A C string pointer jemalloc reads as `const char *malloc_conf`.
 #[repr(transparent)]
