@@ -33,11 +33,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// 10 s: the memory a cold start or a burst of refreshes used is given back, and the steady
 /// RSS is what the caches hold. No per-thread caches: each thread that allocates (the runtime's
 /// and the blocking pool's) would otherwise keep freed objects of every size class for itself.
-/// 10,000 OAuthTokens: the arena and decay settings took steady RSS from 71 to 64 MiB and
-/// under sustained refreshes from 77 to 66 MiB; without thread caches steady is 61.5 MiB (62.4
-/// on a real kube-apiserver, where it was 64.4) and under sustained refreshes 62–64 MiB (73 on
-/// the real one), with the same 515 refreshes/s. `_RJEM_MALLOC_CONF` in the environment still
-/// overrides it.
+/// At 10,000 OAuthTokens these settings took steady RSS from 71 to 61.5 MiB (62.5 on a real
+/// kube-apiserver) at the same throughput; README, Scale, has the figures. `_RJEM_MALLOC_CONF`
+/// in the environment still overrides them.
 #[unsafe(export_name = "_rjem_malloc_conf")]
 static JEMALLOC_OPTIONS: JemallocOptions =
     JemallocOptions(c"narenas:1,tcache:false,dirty_decay_ms:0".as_ptr());

@@ -739,13 +739,7 @@ impl<V: Clone> WatchedSecrets<V> {
                 if let Some(relist) = lock(&self.relisting).take() {
                     *write(&self.entries) = relist;
                 }
-                self.listed.send_if_modified(|listing| {
-                    let first = *listing == Listing::Pending;
-                    if first {
-                        *listing = Listing::Listed;
-                    }
-                    first
-                });
+                self.leave_pending(Listing::Listed);
             }
             Event::Apply(object) => {
                 write(&self.entries).insert(key_of(object), entry(object));
@@ -781,10 +775,15 @@ impl<V: Clone> WatchedSecrets<V> {
 
     /// Releases whoever waits for a first list that will not come (the controllers stopped).
     pub fn abandon(&self) {
+        self.leave_pending(Listing::Abandoned);
+    }
+
+    /// The first list's outcome, once: a later relist or stop does not change it.
+    fn leave_pending(&self, outcome: Listing) {
         self.listed.send_if_modified(|listing| {
             let pending = *listing == Listing::Pending;
             if pending {
-                *listing = Listing::Abandoned;
+                *listing = outcome;
             }
             pending
         });
