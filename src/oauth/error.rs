@@ -57,11 +57,35 @@ pub enum OAuthError {
     #[error("token request failed in transport")]
     Transport,
 
-    #[error("token endpoint response is larger than {limit} bytes")]
-    BodyTooLarge { limit: usize },
+    #[error("token endpoint answered HTTP {status} with a response larger than {limit} bytes")]
+    BodyTooLarge { status: u16, limit: usize },
 
     #[error("token endpoint answered HTTP {status} with an unusable body: {problem}")]
     Malformed { status: u16, problem: &'static str },
+}
+
+/// What a failed request tells about the refresh token it presented.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Presentation {
+    /// The request never left this process (invalid endpoint, connection refused/failed before
+    /// anything was sent): the token was not used.
+    NotSent,
+    /// A complete answer that issued nothing (any non-2xx status, 3xx included): the provider
+    /// did not rotate on this presentation.
+    Refused,
+    /// No usable answer (timeout, transport error after sending, a 2xx whose body cannot be
+    /// read): the provider may have rotated.
+    Unknown,
+}
+
+/// A non-2xx status is a refusal however little of its body arrived: RFC 6749 issues tokens in
+/// 2xx answers only.
+fn answered(status: u16) -> Presentation {
+    if (200..300).contains(&status) {
+        Presentation::Unknown
+    } else {
+        Presentation::Refused
+    }
 }
 
 fn retry_after_text(retry_after: Option<Duration>) -> String {
@@ -117,15 +141,45 @@ impl OAuthError {
         }
     }
 
-    /// The HTTP status of the answer, when a complete answer arrived.
+    /// What became of the refresh token this request presented: the way for a caller to decide
+    /// whether that token may be presented again.
+    pub fn presentation(&self) -> Presentation {
+        match self {
+            OAuthError::InvalidEndpoint(_) | OAuthError::InsecureEndpoint => Presentation::NotSent,
+            // reqwest reports a connect error only while the connection (TLS included) is being
+            // set up, before a byte of the request is written.
+            OAuthError::Connect => Presentation::NotSent,
+            OAuthError::Rejected { status, .. }
+            | OAuthError::Throttled { status, .. }
+            | OAuthError::UnexpectedStatus { status }
+            | OAuthError::BodyTooLarge { status, .. }
+            | OAuthError::Malformed { status, .. } => answered(*status),
+            // Status 0: reqwest gave up on a redirect without saying which.
+            OAuthError::Redirect { status: 0 } => Presentation::Unknown,
+            OAuthError::Redirect { status } => answered(*status),
+            OAuthError::Timeout(_) | OAuthError::Transport => Presentation::Unknown,
+        }
+    }
+
+    /// The HTTP status of a complete answer that issued nothing: `Some` exactly when
+    /// [`presentation`](Self::presentation) is [`Presentation::Refused`], so a 2xx that could not
+    /// be read has none. Prefer `presentation()` to tell what became of the refresh token.
     pub fn http_status(&self) -> Option<u16> {
+        if self.presentation() != Presentation::Refused {
+            return None;
+        }
         match self {
             OAuthError::Rejected { status, .. }
             | OAuthError::Throttled { status, .. }
             | OAuthError::UnexpectedStatus { status }
-            | OAuthError::Malformed { status, .. } => Some(*status),
-            OAuthError::Redirect { status } if *status != 0 => Some(*status),
-            _ => None,
+            | OAuthError::BodyTooLarge { status, .. }
+            | OAuthError::Malformed { status, .. }
+            | OAuthError::Redirect { status } => Some(*status),
+            OAuthError::InvalidEndpoint(_)
+            | OAuthError::InsecureEndpoint
+            | OAuthError::Timeout(_)
+            | OAuthError::Connect
+            | OAuthError::Transport => None,
         }
     }
 
@@ -241,13 +295,83 @@ mod tests {
             FailureKind::Transient
         );
         assert_eq!(
-            OAuthError::BodyTooLarge { limit: 10 }.kind(),
+            OAuthError::BodyTooLarge {
+                status: 200,
+                limit: 10
+            }
+            .kind(),
             FailureKind::Transient
         );
         assert_eq!(
             OAuthError::InsecureEndpoint.kind(),
             FailureKind::Configuration
         );
+    }
+
+    #[test]
+    fn presentation_of_every_variant() {
+        use Presentation::*;
+        let cases = [
+            (OAuthError::InvalidEndpoint("no host"), NotSent, None),
+            (OAuthError::InsecureEndpoint, NotSent, None),
+            (OAuthError::Connect, NotSent, None),
+            (rejected("invalid_grant", 400), Refused, Some(400)),
+            (rejected("server_error", 500), Refused, Some(500)),
+            (
+                OAuthError::Throttled {
+                    status: 429,
+                    retry_after: None,
+                },
+                Refused,
+                Some(429),
+            ),
+            (
+                OAuthError::UnexpectedStatus { status: 502 },
+                Refused,
+                Some(502),
+            ),
+            (OAuthError::Redirect { status: 302 }, Refused, Some(302)),
+            (OAuthError::Redirect { status: 0 }, Unknown, None),
+            (OAuthError::Timeout(Duration::from_secs(1)), Unknown, None),
+            (OAuthError::Transport, Unknown, None),
+            (
+                OAuthError::BodyTooLarge {
+                    status: 200,
+                    limit: 10,
+                },
+                Unknown,
+                None,
+            ),
+            (
+                OAuthError::BodyTooLarge {
+                    status: 400,
+                    limit: 10,
+                },
+                Refused,
+                Some(400),
+            ),
+            (
+                OAuthError::Malformed {
+                    status: 200,
+                    problem: "cut short",
+                },
+                Unknown,
+                None,
+            ),
+            (
+                OAuthError::Malformed {
+                    status: 400,
+                    problem: "odd",
+                },
+                Refused,
+                Some(400),
+            ),
+        ];
+        for (error, presentation, status) in cases {
+            assert_eq!(error.presentation(), presentation, "{error}");
+            // http_status() answers exactly for a complete refusal.
+            assert_eq!(error.http_status(), status, "{error}");
+        }
     }
 
     #[test]

@@ -15,7 +15,9 @@ mod error;
 pub mod jwt;
 mod response;
 
-pub use error::{ErrorCode, FailureKind, MAX_RETRY_AFTER, OAuthError, parse_retry_after};
+pub use error::{
+    ErrorCode, FailureKind, MAX_RETRY_AFTER, OAuthError, Presentation, parse_retry_after,
+};
 pub use response::{AccessGrant, Issued, MAX_REFRESH_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME};
 
 /// Largest token endpoint response read; anything longer is refused before it is parsed.
@@ -148,7 +150,8 @@ impl TokenClient {
     /// Sends one token request and classifies the answer.
     ///
     /// `Ok` for every 2xx JSON object, whatever its Content-Type, even one without a usable
-    /// access token (see [`Issued::access`]), so that a rotated refresh token is never lost.
+    /// access token (see [`Issued::access`]), so that a rotated refresh token is never lost. On
+    /// `Err`, [`OAuthError::presentation`] tells what became of a presented refresh token.
     pub async fn request(&self, request: &TokenRequest<'_>) -> Result<Issued, OAuthError> {
         let endpoint = self.check_endpoint(request.endpoint.as_str())?;
         let form = form_body(request);
@@ -182,14 +185,19 @@ impl TokenClient {
             .and_then(|v| v.parse::<usize>().ok());
         if declared_length.is_some_and(|len| len > self.options.max_response_bytes) {
             return Err(OAuthError::BodyTooLarge {
+                status,
                 limit: self.options.max_response_bytes,
             });
         }
-        let body = self.read_limited(response).await?;
+        let body = self.read_limited(status, response).await?;
         response::classify(status, retry_after, &body, requested_at)
     }
 
-    async fn read_limited(&self, mut response: reqwest::Response) -> Result<Vec<u8>, OAuthError> {
+    async fn read_limited(
+        &self,
+        status: u16,
+        mut response: reqwest::Response,
+    ) -> Result<Vec<u8>, OAuthError> {
         let mut body = Vec::new();
         while let Some(chunk) = response
             .chunk()
@@ -198,6 +206,7 @@ impl TokenClient {
         {
             if body.len() + chunk.len() > self.options.max_response_bytes {
                 return Err(OAuthError::BodyTooLarge {
+                    status,
                     limit: self.options.max_response_bytes,
                 });
             }
@@ -207,10 +216,11 @@ impl TokenClient {
     }
 
     fn transport_error(&self, error: &reqwest::Error) -> OAuthError {
-        if error.is_timeout() {
-            OAuthError::Timeout(self.options.timeout)
-        } else if error.is_connect() {
+        // Connect first: a connect timeout is both, and it still means nothing was sent.
+        if error.is_connect() {
             OAuthError::Connect
+        } else if error.is_timeout() {
+            OAuthError::Timeout(self.options.timeout)
         } else if error.is_redirect() {
             OAuthError::Redirect {
                 status: error.status().map(|s| s.as_u16()).unwrap_or(0),
