@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use oauth_token_operator::oauth::{
     AuthMethod, ClientCredentials, ClientOptions, FailureKind, GrantRequest, OAuthError,
-    TokenClient, TokenRequest,
+    Presentation, TokenClient, TokenRequest,
 };
 use secrecy::{ExposeSecret, SecretString};
 use support::oidc_provider::{
@@ -315,32 +315,58 @@ async fn slow_responses_time_out() {
     let error = fake.request(Duration::from_millis(300)).await.unwrap_err();
     assert!(matches!(error, OAuthError::Timeout(_)), "{error}");
     assert_eq!(error.kind(), FailureKind::Transient);
+    assert_eq!(error.presentation(), Presentation::Unknown);
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(fake.hits.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
-async fn garbage_json_is_malformed() {
+async fn garbage_json_is_an_unreadable_answer() {
     let fake = FakeEndpoint::start(|_| json(StatusCode::OK, "{not json")).await;
     let error = fake.request(Duration::from_secs(5)).await.unwrap_err();
-    assert!(matches!(error, OAuthError::Malformed { .. }), "{error}");
+    assert!(
+        matches!(error, OAuthError::UnreadableSuccess { status: 200 }),
+        "{error}"
+    );
     assert_eq!(error.kind(), FailureKind::Transient);
+    // It may have carried a rotated refresh token.
+    assert_eq!(error.presentation(), Presentation::Unknown);
 }
 
 #[tokio::test]
-async fn bodies_over_the_limit_are_refused() {
-    let fake = FakeEndpoint::start(|_| {
+async fn bodies_over_the_limit_are_salvaged_or_lost_when_2xx_and_refused_otherwise() {
+    let fake = FakeEndpoint::start(|n| {
         let padding = "x".repeat(1024 * 1024 + 1);
-        (
-            StatusCode::OK,
-            [("content-type", "application/json")],
-            format!(r#"{{"access_token":"{padding}"}}"#),
-        )
-            .into_response()
+        let (status, body) = match n {
+            0 => (StatusCode::OK, format!(r#"{{"access_token":"{padding}"}}"#)),
+            1 => (
+                StatusCode::OK,
+                format!(r#"{{"refresh_token":"r9","access_token":"{padding}"}}"#),
+            ),
+            _ => (
+                StatusCode::BAD_REQUEST,
+                format!(r#"{{"error":"invalid_request","error_description":"{padding}"}}"#),
+            ),
+        };
+        (status, [("content-type", "application/json")], body).into_response()
     })
     .await;
     let error = fake.request(Duration::from_secs(5)).await.unwrap_err();
-    assert!(matches!(error, OAuthError::BodyTooLarge { .. }), "{error}");
+    assert!(
+        matches!(error, OAuthError::BodyTooLarge { status: 200, .. }),
+        "{error}"
+    );
+    assert_eq!(error.presentation(), Presentation::Unknown);
+    let issued = fake.request(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(issued.refresh_token.unwrap().expose_secret(), "r9");
+    assert!(issued.access.is_err());
+    let error = fake.request(Duration::from_secs(5)).await.unwrap_err();
+    assert!(
+        matches!(error, OAuthError::BodyTooLarge { status: 400, .. }),
+        "{error}"
+    );
+    assert_eq!(error.presentation(), Presentation::Refused);
+    assert_eq!(error.http_status(), Some(400));
 }
 
 #[tokio::test]
@@ -352,7 +378,100 @@ async fn chunked_bodies_over_the_limit_are_refused() {
     })
     .await;
     let error = fake.request(Duration::from_secs(5)).await.unwrap_err();
-    assert!(matches!(error, OAuthError::BodyTooLarge { .. }), "{error}");
+    assert!(
+        matches!(error, OAuthError::BodyTooLarge { status: 200, .. }),
+        "{error}"
+    );
+    assert_eq!(error.presentation(), Presentation::Unknown);
+}
+
+/// A 2xx whose connection breaks after `sent` has gone out.
+fn broken_after(sent: &'static str) -> Response {
+    use futures::StreamExt as _;
+    let first = futures::stream::iter([Ok::<_, std::io::Error>(sent.as_bytes().to_vec())]);
+    let failure = futures::stream::once(async {
+        // Gives the first part time to reach the client before the connection breaks.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Err(std::io::Error::other("connection lost"))
+    });
+    let body = axum::body::Body::from_stream(first.chain(failure));
+    (StatusCode::OK, [("content-type", "application/json")], body).into_response()
+}
+
+#[tokio::test]
+async fn a_refresh_token_survives_a_connection_broken_after_it() {
+    let fake = FakeEndpoint::start(|n| match n {
+        0 => broken_after(r#"{"access_token":"a","refresh_token":"r8","expires_in":36"#),
+        _ => broken_after(r#"{"access_token":"a","expires_in":3600,"refresh_tok"#),
+    })
+    .await;
+    let issued = fake.request(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(issued.refresh_token.unwrap().expose_secret(), "r8");
+    assert!(
+        matches!(
+            issued.access,
+            Err(OAuthError::Malformed {
+                status: 200,
+                problem: "cut short"
+            })
+        ),
+        "{:?}",
+        issued.access
+    );
+    let error = fake.request(Duration::from_secs(5)).await.unwrap_err();
+    assert!(matches!(error, OAuthError::Transport), "{error}");
+    assert_eq!(error.presentation(), Presentation::Unknown);
+    assert_eq!(error.http_status(), None);
+}
+
+#[tokio::test]
+async fn github_form_answers_are_read() {
+    let fake = FakeEndpoint::start(|n| {
+        let body = match n {
+            0 => {
+                "access_token=gho_a&expires_in=28800&refresh_token=ghr_r%2B1&refresh_token_expires_in=15811200&scope=&token_type=bearer"
+            }
+            _ => {
+                "error=bad_refresh_token&error_description=The+refresh+token+passed+is+incorrect+or+expired."
+            }
+        };
+        (
+            StatusCode::OK,
+            [("content-type", "application/x-www-form-urlencoded")],
+            body,
+        )
+            .into_response()
+    })
+    .await;
+    let issued = fake.request(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(issued.refresh_token.unwrap().expose_secret(), "ghr_r+1");
+    assert_eq!(
+        issued.refresh_expires_in,
+        Some(Duration::from_secs(15_811_200))
+    );
+    let access = issued.access.unwrap();
+    assert_eq!(access.access_token.expose_secret(), "gho_a");
+    assert_eq!(access.token_type, "Bearer");
+    assert_eq!(access.expires_in, Some(Duration::from_secs(28_800)));
+    // An error answered with 200 rotated nothing.
+    let issued = fake.request(Duration::from_secs(5)).await.unwrap();
+    assert!(issued.refresh_token.is_none());
+    assert!(issued.access.is_err());
+}
+
+#[tokio::test]
+async fn a_refused_connection_sent_nothing() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let fake = FakeEndpoint {
+        url: Url::parse(&format!("http://{addr}/token")).unwrap(),
+        hits: Arc::new(AtomicUsize::new(0)),
+        _server: tokio::spawn(async {}),
+    };
+    let error = fake.request(Duration::from_secs(5)).await.unwrap_err();
+    assert!(matches!(error, OAuthError::Connect), "{error}");
+    assert_eq!(error.presentation(), Presentation::NotSent);
 }
 
 #[tokio::test]
@@ -408,7 +527,7 @@ async fn a_rotated_refresh_token_survives_an_answer_without_access_token() {
 }
 
 #[tokio::test]
-async fn success_bodies_that_are_not_json_objects_are_malformed() {
+async fn success_bodies_that_are_neither_objects_nor_forms_are_unreadable() {
     let fake = FakeEndpoint::start(|n| match n {
         0 => json(StatusCode::OK, r#"["access_token"]"#),
         _ => (
@@ -422,9 +541,10 @@ async fn success_bodies_that_are_not_json_objects_are_malformed() {
     for _ in 0..2 {
         let error = fake.request(Duration::from_secs(5)).await.unwrap_err();
         assert!(
-            matches!(error, OAuthError::Malformed { status: 200, .. }),
+            matches!(error, OAuthError::UnreadableSuccess { status: 200 }),
             "{error}"
         );
+        assert_eq!(error.presentation(), Presentation::Unknown);
     }
 }
 
@@ -444,5 +564,6 @@ async fn redirects_are_not_followed() {
         matches!(error, OAuthError::Redirect { status: 302 }),
         "{error}"
     );
+    assert_eq!(error.presentation(), Presentation::Refused);
     assert_eq!(fake.hits.load(Ordering::SeqCst), 1);
 }

@@ -62,6 +62,11 @@ pub enum OAuthError {
 
     #[error("token endpoint answered HTTP {status} with an unusable body: {problem}")]
     Malformed { status: u16, problem: &'static str },
+
+    /// A 2xx whose body holds no readable refresh token and is not a complete token response
+    /// either: the provider may have rotated, and nobody can tell to what.
+    #[error("token endpoint answered HTTP {status}, but no token response could be read from it")]
+    UnreadableSuccess { status: u16 },
 }
 
 /// What a failed request tells about the refresh token it presented.
@@ -115,7 +120,8 @@ impl OAuthError {
             | OAuthError::Redirect { .. }
             | OAuthError::Transport
             | OAuthError::BodyTooLarge { .. }
-            | OAuthError::Malformed { .. } => FailureKind::Transient,
+            | OAuthError::Malformed { .. }
+            | OAuthError::UnreadableSuccess { .. } => FailureKind::Transient,
         }
     }
 
@@ -138,6 +144,7 @@ impl OAuthError {
             OAuthError::Transport => "TransportError",
             OAuthError::BodyTooLarge { .. } => "ResponseTooLarge",
             OAuthError::Malformed { .. } => "MalformedResponse",
+            OAuthError::UnreadableSuccess { .. } => "UnreadableResponse",
         }
     }
 
@@ -157,7 +164,9 @@ impl OAuthError {
             // Status 0: reqwest gave up on a redirect without saying which.
             OAuthError::Redirect { status: 0 } => Presentation::Unknown,
             OAuthError::Redirect { status } => answered(*status),
-            OAuthError::Timeout(_) | OAuthError::Transport => Presentation::Unknown,
+            OAuthError::Timeout(_)
+            | OAuthError::Transport
+            | OAuthError::UnreadableSuccess { .. } => Presentation::Unknown,
         }
     }
 
@@ -179,7 +188,8 @@ impl OAuthError {
             | OAuthError::InsecureEndpoint
             | OAuthError::Timeout(_)
             | OAuthError::Connect
-            | OAuthError::Transport => None,
+            | OAuthError::Transport
+            | OAuthError::UnreadableSuccess { .. } => None,
         }
     }
 
@@ -366,12 +376,17 @@ mod tests {
                 Refused,
                 Some(400),
             ),
+            (OAuthError::UnreadableSuccess { status: 200 }, Unknown, None),
+            (OAuthError::UnreadableSuccess { status: 204 }, Unknown, None),
         ];
         for (error, presentation, status) in cases {
             assert_eq!(error.presentation(), presentation, "{error}");
             // http_status() answers exactly for a complete refusal.
             assert_eq!(error.http_status(), status, "{error}");
         }
+        let unreadable = OAuthError::UnreadableSuccess { status: 200 };
+        assert_eq!(unreadable.kind(), FailureKind::Transient);
+        assert_eq!(unreadable.category(), "UnreadableResponse");
     }
 
     #[test]

@@ -20,7 +20,8 @@ pub use error::{
 };
 pub use response::{AccessGrant, Issued, MAX_REFRESH_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME};
 
-/// Largest token endpoint response read; anything longer is refused before it is parsed.
+/// Largest token endpoint response read; anything longer is refused, though the part of a 2xx
+/// read up to the limit is still searched for a rotated refresh token.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 /// Default limit for one token request, connection included.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -149,9 +150,11 @@ impl TokenClient {
 
     /// Sends one token request and classifies the answer.
     ///
-    /// `Ok` for every 2xx JSON object, whatever its Content-Type, even one without a usable
-    /// access token (see [`Issued::access`]), so that a rotated refresh token is never lost. On
-    /// `Err`, [`OAuthError::presentation`] tells what became of a presented refresh token.
+    /// `Ok` whenever a 2xx answer is a complete token response (a JSON object of any
+    /// Content-Type, or a form body) or a refresh token can be read from it, even one without a
+    /// usable access token (see [`Issued::access`]), so that a rotated refresh token is never
+    /// lost. On `Err`, [`OAuthError::presentation`] tells what became of a presented refresh
+    /// token.
     pub async fn request(&self, request: &TokenRequest<'_>) -> Result<Issued, OAuthError> {
         let endpoint = self.check_endpoint(request.endpoint.as_str())?;
         let form = form_body(request);
@@ -183,36 +186,43 @@ impl TokenClient {
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
-        if declared_length.is_some_and(|len| len > self.options.max_response_bytes) {
-            return Err(OAuthError::BodyTooLarge {
-                status,
-                limit: self.options.max_response_bytes,
-            });
+        let limit = self.options.max_response_bytes;
+        // A refusal needs no body to be a refusal. A 2xx is read up to the limit all the same:
+        // its beginning may hold a rotated refresh token.
+        if !(200..300).contains(&status) && declared_length.is_some_and(|len| len > limit) {
+            return Err(OAuthError::BodyTooLarge { status, limit });
         }
-        let body = self.read_limited(status, response).await?;
-        response::classify(status, retry_after, &body, requested_at)
+        let (body, cut) = self.read_limited(status, response).await;
+        match cut {
+            None => response::classify(status, retry_after, &body, requested_at),
+            Some(cut) => response::classify_cut(status, retry_after, &body, cut, requested_at),
+        }
     }
 
+    /// Reads the body up to the size limit. What arrived is handed back also when the read
+    /// fails or the limit is reached, together with the reason (an error to report if nothing
+    /// can be made of the part).
     async fn read_limited(
         &self,
         status: u16,
         mut response: reqwest::Response,
-    ) -> Result<Vec<u8>, OAuthError> {
+    ) -> (Vec<u8>, Option<OAuthError>) {
+        let limit = self.options.max_response_bytes;
         let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| self.transport_error(&e))?
-        {
-            if body.len() + chunk.len() > self.options.max_response_bytes {
-                return Err(OAuthError::BodyTooLarge {
-                    status,
-                    limit: self.options.max_response_bytes,
-                });
+        loop {
+            match response.chunk().await {
+                Ok(None) => return (body, None),
+                Ok(Some(chunk)) => {
+                    let room = limit.saturating_sub(body.len());
+                    if chunk.len() > room {
+                        body.extend_from_slice(chunk.get(..room).unwrap_or_default());
+                        return (body, Some(OAuthError::BodyTooLarge { status, limit }));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Err(e) => return (body, Some(self.transport_error(&e))),
             }
-            body.extend_from_slice(&chunk);
         }
-        Ok(body)
     }
 
     fn transport_error(&self, error: &reqwest::Error) -> OAuthError {
@@ -403,6 +413,32 @@ mod tests {
                 .check_endpoint("http://127.0.0.1:8080/token")
                 .is_ok()
         );
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_handed_back_up_to_the_limit() {
+        let tokens = TokenClient::new(ClientOptions {
+            max_response_bytes: 10,
+            ..ClientOptions::default()
+        })
+        .unwrap();
+        let response = |body: &'static str| {
+            reqwest::Response::from(http::Response::builder().status(201).body(body).unwrap())
+        };
+        let (body, cut) = tokens
+            .read_limited(201, response(r#"{"refresh_token":"r"}"#))
+            .await;
+        assert_eq!(body, br#"{"refresh_"#);
+        assert!(matches!(
+            cut,
+            Some(OAuthError::BodyTooLarge {
+                status: 201,
+                limit: 10
+            })
+        ));
+        let (body, cut) = tokens.read_limited(201, response("0123456789")).await;
+        assert_eq!(body, b"0123456789");
+        assert!(cut.is_none());
     }
 
     #[test]
