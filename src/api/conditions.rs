@@ -33,6 +33,13 @@ pub mod reason {
     /// The state Secret holding the refresh-token chain was deleted; the import Secret still
     /// holds a refresh token that was used up long ago.
     pub const STATE_LOST: &str = "StateLost";
+    /// The provider rotated the refresh token, but the new one could not be stored in time
+    /// (the Kubernetes API was unreachable for too long); the old one is not presented again.
+    pub const SUCCESSOR_LOST: &str = "SuccessorLost";
+    /// The answer to a presentation of the refresh token is unknown (lost, or another process
+    /// presented it and has not stored what it got): the published token may already be
+    /// invalid, as some providers revoke it the moment they rotate.
+    pub const REFRESH_UNCONFIRMED: &str = "RefreshUnconfirmed";
     /// Another process stored a different refresh token while this one was refreshing.
     pub const CHAIN_CONFLICT: &str = "ChainConflict";
     /// The refresh token grant is usable.
@@ -44,6 +51,7 @@ pub mod reason {
 /// Status values of a condition.
 pub const TRUE: &str = "True";
 pub const FALSE: &str = "False";
+pub const UNKNOWN: &str = "Unknown";
 
 /// Converts a domain timestamp to the `metav1.Time` the Kubernetes types use.
 ///

@@ -258,12 +258,15 @@ pub struct SecretKeyRef {
 #[serde(rename_all = "camelCase")]
 #[schemars(transform = schema::for_api_server)]
 pub struct OAuthTokenStatus {
-    /// `Ready` is True while the target Secret holds a valid access token.
+    /// `Ready` is True while the target Secret holds a valid access token, and Unknown (reason
+    /// `RefreshUnconfirmed`) while the answer to a presentation of the refresh token is unknown:
+    /// some providers revoke the published access token the moment they rotate.
     /// `ReauthorizationRequired` is True when the refresh token cannot be used any more and a
     /// human must put a new one in the import Secret: the provider rejected it (`InvalidGrant`),
     /// the answers to its last presentations were lost (`AnswerLost`), the state Secret was
-    /// deleted (`StateLost`), or the spec now names another token endpoint origin or client
-    /// (`ChainBindingChanged`).
+    /// deleted (`StateLost`), the spec now names another token endpoint origin or client
+    /// (`ChainBindingChanged`), or the provider rotated it and the new one could not be stored in
+    /// time (`SuccessorLost`).
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -303,6 +306,13 @@ pub struct OAuthTokenStatus {
     /// refresh token is never imported again, even when the state Secret is lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imported_refresh_token_sha256: Option<String>,
+
+    /// SHA-256 fingerprint (hex) of the token request (endpoint, client, grant, scopes, audience,
+    /// extra parameters) the published access token was issued for, for the client-credentials
+    /// grant, which keeps no state Secret: a spec edit that changes the request asks for a new
+    /// token, other edits do not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_sha256: Option<String>,
 
     /// Name of the Secret holding the published access token.
     pub secret_name: Option<String>,

@@ -45,6 +45,8 @@ pub enum Error {
         "persisting the token state failed ({0}); the new state is kept in memory and written before any further token request"
     )]
     PersistState(#[source] kube::Error),
+    #[error("writing the state Secret failed: {0}")]
+    WriteState(#[source] kube::Error),
     #[error("writing the target Secret failed: {0}")]
     PublishToken(#[source] kube::Error),
     #[error("writing the status failed: {0}")]
@@ -60,6 +62,7 @@ impl Error {
             Error::MissingNamespace => "MissingNamespace",
             Error::ReadInputs(_) => "ReadInputsFailed",
             Error::PersistState(_) => "PersistStateFailed",
+            Error::WriteState(_) => "WriteStateFailed",
             Error::PublishToken(_) => "PublishTokenFailed",
             Error::WriteStatus(_) => "WriteStatusFailed",
             Error::StateConflict => "StateConflict",
@@ -255,30 +258,35 @@ pub async fn stop(
     flush_parked(context, deadline).await
 }
 
-/// Writes every token state that exists only in memory, retrying until `deadline`. A stopping
-/// process calls it before it gives up the Lease or exits: the newest refresh token of a chain
-/// must not die with the process. Returns whether nothing is left in memory.
+/// Writes everything this process owes state Secrets (new refresh tokens it could not store
+/// yet, the ends of its claims), retrying until `deadline`, and longer while a new refresh token
+/// may still be stored: other processes present the old one only after that. A stopping process
+/// calls it before it gives up the Lease or exits: the newest refresh token of a chain must not
+/// die with the process. Returns whether nothing is left in memory.
 pub async fn flush_parked(context: &Context, deadline: tokio::time::Instant) -> bool {
+    let fencing = &context.fencing;
+    let until = || {
+        fencing
+            .successors_until()
+            .map_or(deadline, |window| window.max(deadline))
+    };
     let mut pause = Duration::from_millis(200);
     loop {
-        if !context.fencing.has_parked() {
+        if !fencing.owes_writes() {
             return true;
         }
         // An API call that hangs must not outlast the deadline.
-        let Ok(left) = tokio::time::timeout_at(
-            deadline,
-            chain::flush_parked(&context.client, &context.fencing),
-        )
-        .await
+        let Ok(left) =
+            tokio::time::timeout_at(until(), chain::settle_all(&context.client, fencing)).await
         else {
             error!("writing the token states kept in memory did not finish before the deadline");
-            return false;
+            return !fencing.owes_writes();
         };
         if left.is_empty() {
             info!("wrote every token state that was kept in memory");
             return true;
         }
-        if tokio::time::Instant::now() + pause >= deadline {
+        if tokio::time::Instant::now() + pause >= until() {
             for token in &left {
                 error!(
                     oauthtoken = token.as_str(),

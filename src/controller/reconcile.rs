@@ -1,5 +1,6 @@
-//! One reconcile of one OAuthToken: read inputs, ask the pure parts, call the token endpoint,
-//! persist the chain, publish the token, report.
+//! One reconcile of one OAuthToken: load its inputs (from the caches), let the pure parts decide
+//! (the schedule; for refresh tokens the chain protocol), act (the token request, the state
+//! Secret through the chain module, the token Secret), then report (status, Events).
 
 use std::sync::Arc;
 
@@ -12,20 +13,28 @@ use kube::{Api, Resource, ResourceExt};
 use secrecy::{ExposeSecret, SecretString};
 use tracing::{debug, info, warn};
 
-use super::chain::{Chain, Committed, ForeignStateSecret, HeldClaim, Sent, Verdict, send_within};
+use super::chain::protocol::{Answer, Done, Loaded, Offer, Record, is_new_import};
+use super::chain::{self, ChainStore, Ended, ForeignStateSecret, Sent, send_within};
 use super::secrets::{self, controlled_by, secret_text};
 use super::settings::{self, ClientSource, GrantSettings, Settings};
-use super::state::{AccessToken, Binding, TokenState, fingerprint};
+use super::state::{AccessToken, Binding, TokenState, fingerprint, rfc3339};
 use super::status::{self, Outcome};
 use super::{Context, Error, MAX_BUDGET_WAIT};
 use crate::api::conditions::reason;
 use crate::api::{OAuthToken, OAuthTokenStatus};
 use crate::oauth::budget::Admission;
-use crate::oauth::{ClientCredentials, FailureKind, GrantRequest, OAuthError, TokenRequest, jwt};
-use crate::schedule::{self, Decision, FailureClass, Observed, RefreshReason};
+use crate::oauth::{
+    AccessGrant, ClientCredentials, FailureKind, GrantRequest, Issued, OAuthError, Presentation,
+    TokenRequest, jwt,
+};
+use crate::schedule::{self, Decision, FailureClass, Observed};
 
 /// Longest a reconcile waits for the caches to list before it looks again later.
 const CACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest wait a status may announce: a hand-edited claim may say anything.
+const LONGEST_WAIT: std::time::Duration = std::time::Duration::from_secs(86_400);
+/// How soon a new refresh token kept in memory is tried again.
+const PARKED_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// `object` names the OAuthToken (the controller's cached form, or an `OAuthToken`); what the
 /// reconcile works on is the newest version the caches know.
@@ -116,45 +125,79 @@ struct Run<'a> {
     previous: &'a OAuthTokenStatus,
 }
 
-/// What the reconcile found about the inputs, for the refresh step.
+/// What a token request needs, all read before anything is claimed: nothing may fail between a
+/// claim and its request.
 struct Inputs<'a> {
     settings: &'a Settings,
     target: Option<&'a Secret>,
+    client: ClientCredentials,
     binding: Binding,
     request_fingerprint: String,
     imported: bool,
-    /// Which presentation of the refresh token this would be (see `chain::assess`).
-    attempt: u32,
+    had_token: bool,
+}
+
+/// The token requests of one refresh, and what they learnt beyond the protocol's answer.
+struct TokenRequests<'r, 'a> {
+    run: &'r Run<'a>,
+    inputs: &'r Inputs<'a>,
+    /// Why the last request failed.
+    failure: Option<OAuthError>,
+    /// Why a 2xx answer's access token cannot be used (its refresh token is stored all the same).
+    access_error: Option<OAuthError>,
+}
+
+impl chain::Requests for TokenRequests<'_, '_> {
+    async fn present(
+        &mut self,
+        state: &TokenState,
+        deadline: tokio::time::Instant,
+    ) -> Answer<TokenState> {
+        self.run
+            .present(
+                self.inputs,
+                state,
+                deadline,
+                &mut self.failure,
+                &mut self.access_error,
+            )
+            .await
+    }
+
+    async fn record_import(&mut self, fingerprint: &str) -> bool {
+        self.run.record_import(fingerprint).await
+    }
+}
+
+/// Whether a token request is due, and whether it may be made now.
+struct Schedule {
+    decision: Decision,
+    /// Due and admitted by the origin's budget.
+    due: bool,
+    /// Due, but the origin's budget puts it off until then.
+    deferred: Option<DateTime<Utc>>,
 }
 
 impl Run<'_> {
     async fn execute(&self) -> Result<Outcome, Error> {
-        let fencing = &self.ctx.fencing;
-        let caches = &self.ctx.caches;
-        let namespace = self.token.namespace().unwrap_or_default();
-        let mut chain = match Chain::load(self.secrets, self.token, fencing, caches).await? {
-            Ok(chain) => chain,
-            Err(ForeignStateSecret) => {
-                let state_name = self.token.state_secret_name();
-                return Ok(Outcome::conflict(format!(
-                    "Secret {state_name} exists and is not controlled by this OAuthToken; the operator keeps the refresh token there, so rename or delete that Secret"
-                )));
-            }
-        };
-        // A state obtained earlier whose write failed holds the newest link of the chain: it
-        // is written before any spec or conflict check, and the older refresh token is never
-        // presented again.
-        if let Some(parked) = fencing.take_parked(&self.token.uid().unwrap_or_default())
-            && chain.write_parked(parked).await? == Committed::Superseded
+        let uid = self.token.uid().unwrap_or_default();
+        // What this process owes the state Secret (a new refresh token it could not store yet,
+        // the end of a claim) is the newest word on the chain: it is written before any spec or
+        // conflict check.
+        if self.ctx.fencing.owes(&uid)
+            && let Ok(mut store) =
+                ChainStore::load(self.secrets, self.token, &self.ctx.caches).await?
         {
-            return Ok(Outcome::Superseded);
+            chain::settle_with(&mut store, &self.ctx.fencing).await?;
         }
-
         let settings = match settings::resolve(self.token, &self.ctx.tokens) {
             Ok(settings) => settings,
             Err(message) => return Ok(Outcome::invalid_spec(message)),
         };
-        let target = caches
+        let namespace = self.token.namespace().unwrap_or_default();
+        let target = self
+            .ctx
+            .caches
             .owned_secret(self.secrets, &namespace, &settings.target_secret)
             .await
             .map_err(Error::ReadInputs)?;
@@ -166,374 +209,689 @@ impl Run<'_> {
                 settings.target_secret
             )));
         }
-        // The client secret itself is read only when a request is made.
-        let client = match self.client_credentials(&settings, false).await? {
-            Ok(client) => client,
-            Err(message) => return Ok(Outcome::invalid_spec(message)),
-        };
-        let binding = settings.binding(&client.client_id);
-
-        let mut imported = false;
-        let mut attempt = 1;
-        if let GrantSettings::RefreshToken { import } = &settings.grant {
-            // The import Secret is read only when it changed since the last import.
-            let unchanged = chain.state.import_secret_version.is_some()
-                && caches.user_secret_version(&namespace, &import.secret)
-                    == Some(chain.state.import_secret_version.clone());
-            let source = if unchanged {
-                None
-            } else {
-                // Read once per change: the state records which version was imported, so the
-                // value is not kept in memory.
-                caches
-                    .user_secret_once(self.secrets, &namespace, &import.secret)
+        match &settings.grant {
+            GrantSettings::ClientCredentials => {
+                self.client_credentials_grant(&settings, target.as_ref())
                     .await
-                    .map_err(Error::ReadInputs)?
-            };
-            let offered = source.as_ref().and_then(|s| secret_text(s, &import.key));
-            // What was imported last: from the state Secret, or, when that is gone, from status.
-            let known = chain
-                .state
-                .imported_fingerprint
-                .clone()
-                .or_else(|| self.previous.imported_refresh_token_sha256.clone());
-            let state_lost = chain.state.refresh_token.is_none()
-                && self.previous.imported_refresh_token_sha256.is_some();
-            match offered {
-                Some(value) if Some(fingerprint(&value)) != known => {
-                    info!(secret = import.secret, "importing a new refresh token");
-                    let offered_fingerprint = fingerprint(&value);
-                    chain
-                        .import(
-                            SecretString::from(value),
-                            offered_fingerprint,
-                            source.as_ref().and_then(|s| s.resource_version()),
-                            binding.clone(),
-                            // spec.refreshTokenLifetime counts from the import.
-                            settings
-                                .refresh_token_lifetime
-                                .map(|l| schedule::refresh_token_expiry_after(self.now, l)),
-                        )
-                        .await?;
-                    imported = true;
-                }
-                _ if state_lost => {
-                    warn!(
-                        "the state Secret is gone and the import Secret holds a used-up refresh token"
-                    );
-                    self.publish(&settings, target.as_ref(), &chain.state)
-                        .await?;
-                    return Ok(Outcome::ChainDead {
-                        reason: reason::STATE_LOST,
-                        message: format!(
-                            "The state Secret {} holding the refresh-token chain was deleted; the refresh token in Secret {} was used up long ago and is not presented again. Put a new refresh token in Secret {} key {}",
-                            self.token.state_secret_name(),
-                            import.secret,
-                            import.secret,
-                            import.key
-                        ),
-                        state: chain.state,
-                    });
-                }
-                None if chain.state.refresh_token.is_none() && !unchanged => {
-                    return Ok(Outcome::invalid_spec(format!(
-                        "waiting for Secret {} with key {} holding the refresh token from the one-time authorization",
-                        import.secret, import.key
-                    )));
-                }
-                _ => {}
             }
-            match chain.verdict(&binding) {
-                Verdict::Usable { attempt: next } => attempt = next,
-                Verdict::Claimed { remaining } => {
-                    debug!(
-                        ?remaining,
-                        "another process holds a claim on the refresh token"
-                    );
-                    self.publish(&settings, target.as_ref(), &chain.state)
-                        .await?;
-                    // A hand-edited claim may say anything. The wait itself is tracked in
-                    // `Fencing`; this is only when to look again, and it must stay a time
-                    // status can hold.
-                    let look_again = remaining.min(std::time::Duration::from_secs(86_400));
-                    let until =
-                        self.now + chrono::TimeDelta::from_std(look_again).unwrap_or_default();
-                    return Ok(Outcome::Waiting {
-                        state: chain.state,
-                        until,
-                    });
-                }
-                Verdict::Dead { reason, message } => {
-                    self.publish(&settings, target.as_ref(), &chain.state)
-                        .await?;
-                    return Ok(Outcome::ChainDead {
-                        reason,
-                        message,
-                        state: chain.state,
-                    });
-                }
-            }
-        }
-
-        let request_fingerprint = settings.request_fingerprint(&client.client_id, &self.token.spec);
-        let observed = Observed {
-            now: self.now,
-            imported,
-            // A state from before request fingerprints were kept adopts the current spec.
-            spec_changed: chain.state.access.is_some()
-                && chain
-                    .state
-                    .request_fingerprint
-                    .as_ref()
-                    .is_some_and(|known| *known != request_fingerprint),
-            token_refresh_at: chain.state.access.as_ref().map(|a| a.refresh_at),
-            retry_at: (self.previous.failed_attempts > 0)
-                .then_some(self.previous.next_refresh_at)
-                .flatten(),
-        };
-        let decision = schedule::decide(&observed);
-        debug!(?decision, "refresh decision");
-        let inputs = Inputs {
-            settings: &settings,
-            target: target.as_ref(),
-            binding,
-            request_fingerprint,
-            imported,
-            attempt,
-        };
-        match decision {
-            Decision::WaitUntil(until) => {
-                self.publish(&settings, target.as_ref(), &chain.state)
-                    .await?;
-                Ok(Outcome::Waiting {
-                    state: chain.state,
-                    until,
-                })
-            }
-            Decision::RefreshNow(_) if !fencing.may_refresh() => {
-                // Leadership is gone or the process stops: another replica takes over.
-                self.publish(&settings, target.as_ref(), &chain.state)
-                    .await?;
-                Ok(Outcome::Waiting {
-                    state: chain.state,
-                    until: self.now + chrono::TimeDelta::seconds(5),
-                })
-            }
-            Decision::RefreshNow(reason) => {
-                let uid = self.token.uid().unwrap_or_default();
-                let admission = self.ctx.budgets.admit(
-                    &inputs.binding.origin,
-                    &uid,
-                    settings.budget,
-                    std::time::Instant::now(),
-                );
-                match admission {
-                    Admission::After(wait) => {
-                        if !wait.is_zero() {
-                            tokio::time::sleep(wait).await;
-                        }
-                        self.refresh(&inputs, reason, chain).await
-                    }
-                    Admission::Deferred { until, paused } => {
-                        self.ctx.metrics.count_deferred(paused);
-                        debug!(
-                            paused,
-                            "the token endpoint's budget is used up; refreshing later"
-                        );
-                        self.publish(&settings, target.as_ref(), &chain.state)
-                            .await?;
-                        // Spread over a second: the deferred do not all come back at once.
-                        let delay = until.saturating_duration_since(std::time::Instant::now())
-                            + MAX_BUDGET_WAIT.mul_f64((self.ctx.jitter)());
-                        Ok(Outcome::Deferred {
-                            until: self.now
-                                + chrono::TimeDelta::from_std(delay).unwrap_or_default(),
-                        })
-                    }
-                }
+            GrantSettings::RefreshToken { import } => {
+                self.refresh_token_grant(&settings, target.as_ref(), import)
+                    .await
             }
         }
     }
 
-    async fn refresh(
+    /// The refresh-token grant: the chain protocol decides, [`chain::refresh`] carries it out.
+    async fn refresh_token_grant(
         &self,
-        inputs: &Inputs<'_>,
-        reason: RefreshReason,
-        mut chain: Chain<'_>,
+        settings: &Settings,
+        target: Option<&Secret>,
+        import: &settings::KeyRef,
     ) -> Result<Outcome, Error> {
-        let spec = &self.token.spec;
-        let had_token = chain.state.access.is_some();
-        let (grant_token, held) = match &inputs.settings.grant {
-            GrantSettings::ClientCredentials => (None, None),
-            GrantSettings::RefreshToken { import } => {
-                let Some(refresh) = chain.state.refresh_token.clone() else {
-                    return Ok(Outcome::invalid_spec(format!(
-                        "no refresh token: put one in Secret {} key {}",
-                        import.secret, import.key
-                    )));
-                };
-                // The claim's resourceVersion precondition fails if the chain changed since
-                // the verdict was reached.
-                let held = chain.claim(inputs.attempt).await?;
-                (Some(refresh), Some(held))
+        let fencing = &self.ctx.fencing;
+        let mut store = match ChainStore::load(self.secrets, self.token, &self.ctx.caches).await? {
+            Ok(store) => store,
+            Err(ForeignStateSecret) => {
+                return Ok(Outcome::conflict(format!(
+                    "Secret {} exists and is not controlled by this OAuthToken; the operator keeps the refresh token there, so rename or delete that Secret",
+                    self.token.state_secret_name()
+                )));
             }
         };
-        let grant = match &grant_token {
-            Some(refresh) => GrantRequest::RefreshToken(refresh),
-            None => GrantRequest::ClientCredentials,
-        };
-        let client = match self.client_credentials(inputs.settings, true).await? {
+        let stored = store.state();
+        let ledger = stored.as_ref().map(Record::ledger).unwrap_or_default();
+        // The client secret itself is read only when a request follows.
+        let identity = match self.client_credentials(settings, false).await? {
             Ok(client) => client,
             Err(message) => return Ok(Outcome::invalid_spec(message)),
         };
+        let binding = settings.binding(&identity.client_id);
+        let offer = self
+            .import_offer(settings, import, stored.as_ref(), &binding)
+            .await?;
+        let imported = offer.as_ref().is_some_and(|offer| {
+            is_new_import(
+                &ledger,
+                self.previous.imported_refresh_token_sha256.as_ref(),
+                &offer.fingerprint,
+            )
+        });
+        let request_fingerprint =
+            settings.request_fingerprint(&identity.client_id, &self.token.spec);
+        let access = stored.as_ref().and_then(|s| s.access.as_ref());
+        let spec_changed = access.is_some()
+            && stored
+                .as_ref()
+                .and_then(|s| s.request_fingerprint.as_ref())
+                .is_some_and(|known| *known != request_fingerprint);
+        let schedule = self
+            .schedule(
+                settings,
+                &binding,
+                imported,
+                spec_changed,
+                access.map(|a| a.refresh_at),
+            )
+            .await;
+        let client = match self.client_for(settings, identity, schedule.due).await? {
+            Ok(client) => client,
+            Err(message) => return Ok(Outcome::invalid_spec(message)),
+        };
+        let inputs = Inputs {
+            settings,
+            target,
+            client,
+            binding: binding.clone(),
+            request_fingerprint,
+            imported,
+            had_token: access.is_some(),
+        };
+        let loaded = Loaded {
+            stored,
+            offer,
+            imported_in_status: self.previous.imported_refresh_token_sha256.clone(),
+            binding,
+            due: schedule.due,
+            may_refresh: fencing.may_refresh(),
+            token_reported_unusable: false,
+        };
+        let mut requests = TokenRequests {
+            run: self,
+            inputs: &inputs,
+            failure: None,
+            access_error: None,
+        };
+        let ended = chain::refresh(&mut store, fencing, loaded, &mut requests).await;
+        let (failure, access_error) = (requests.failure, requests.access_error);
+        self.outcome(&inputs, &schedule, ended, failure, access_error)
+            .await
+    }
+
+    /// The refresh token in the import Secret, when that Secret changed since the last import.
+    async fn import_offer(
+        &self,
+        settings: &Settings,
+        import: &settings::KeyRef,
+        stored: Option<&TokenState>,
+        binding: &Binding,
+    ) -> Result<Option<Offer<TokenState>>, Error> {
+        let namespace = self.token.namespace().unwrap_or_default();
+        let recorded = stored.and_then(|s| s.import_secret_version.clone());
+        let unchanged = recorded.is_some()
+            && self
+                .ctx
+                .caches
+                .user_secret_version(&namespace, &import.secret)
+                == Some(recorded);
+        if unchanged {
+            return Ok(None);
+        }
+        // Read once per change: the state records which version was imported, so the value is
+        // not kept in memory.
+        let Some(source) = self
+            .ctx
+            .caches
+            .user_secret_once(self.secrets, &namespace, &import.secret)
+            .await
+            .map_err(Error::ReadInputs)?
+        else {
+            return Ok(None);
+        };
+        let Some(value) = secret_text(&source, &import.key) else {
+            return Ok(None);
+        };
+        let offered = fingerprint(&value);
+        let base = stored.cloned().unwrap_or_default();
+        let state = TokenState {
+            refresh_token: Some(SecretString::from(value)),
+            // spec.refreshTokenLifetime counts from the import.
+            refresh_token_expires_at: settings
+                .refresh_token_lifetime
+                .map(|l| schedule::refresh_token_expiry_after(self.now, l)),
+            imported_fingerprint: Some(offered.clone()),
+            import_secret_version: source.resource_version(),
+            binding: Some(binding.clone()),
+            claim: None,
+            rejected_fingerprint: None,
+            rotates: None,
+            ..base
+        };
+        Ok(Some(Offer {
+            fingerprint: offered,
+            state,
+        }))
+    }
+
+    /// Whether to request a token now, and whether the origin's budget allows it (a short wait
+    /// for the budget happens here, before anything is claimed).
+    async fn schedule(
+        &self,
+        settings: &Settings,
+        binding: &Binding,
+        imported: bool,
+        spec_changed: bool,
+        token_refresh_at: Option<DateTime<Utc>>,
+    ) -> Schedule {
+        let decision = schedule::decide(&Observed {
+            now: self.now,
+            imported,
+            spec_changed,
+            token_refresh_at,
+            retry_at: (self.previous.failed_attempts > 0)
+                .then_some(self.previous.next_refresh_at)
+                .flatten(),
+        });
+        debug!(?decision, "refresh decision");
+        let mut schedule = Schedule {
+            decision,
+            due: false,
+            deferred: None,
+        };
+        if !matches!(decision, Decision::RefreshNow(_)) || !self.ctx.fencing.may_refresh() {
+            return schedule;
+        }
+        let admission = self.ctx.budgets.admit(
+            &binding.origin,
+            &self.token.uid().unwrap_or_default(),
+            settings.budget,
+            std::time::Instant::now(),
+        );
+        match admission {
+            Admission::After(wait) => {
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+                schedule.due = true;
+            }
+            Admission::Deferred { until, paused } => {
+                self.ctx.metrics.count_deferred(paused);
+                debug!(
+                    paused,
+                    "the token endpoint's budget is used up; refreshing later"
+                );
+                // Spread over a second: the deferred do not all come back at once.
+                let delay = until.saturating_duration_since(std::time::Instant::now())
+                    + MAX_BUDGET_WAIT.mul_f64((self.ctx.jitter)());
+                schedule.deferred =
+                    Some(self.now + chrono::TimeDelta::from_std(delay).unwrap_or_default());
+            }
+        }
+        schedule
+    }
+
+    /// The client's credentials for a request that follows: with the secret when `due`.
+    async fn client_for(
+        &self,
+        settings: &Settings,
+        identity: ClientCredentials,
+        due: bool,
+    ) -> Result<Result<ClientCredentials, String>, Error> {
+        if due && settings.client.secret_key.is_some() {
+            self.client_credentials(settings, true).await
+        } else {
+            Ok(Ok(identity))
+        }
+    }
+
+    /// Presents the refresh token of `state` before `deadline` and says what became of it.
+    async fn present(
+        &self,
+        inputs: &Inputs<'_>,
+        state: &TokenState,
+        deadline: tokio::time::Instant,
+        failure: &mut Option<OAuthError>,
+        access_error: &mut Option<OAuthError>,
+    ) -> Answer<TokenState> {
+        let Some(refresh) = &state.refresh_token else {
+            return Answer::NotSent;
+        };
+        let spec = &self.token.spec;
         let request = TokenRequest {
             endpoint: &inputs.settings.endpoint,
-            client: &client,
-            grant,
+            client: &inputs.client,
+            grant: GrantRequest::RefreshToken(refresh),
             scopes: &spec.scopes,
             audience: spec.audience.as_deref(),
             extra_parameters: &spec.extra_parameters,
         };
-        let attempt = held.as_ref().map(HeldClaim::attempt).unwrap_or(1);
-        info!(reason = reason.as_str(), attempt, "requesting a token");
+        let attempt = state.claim.as_ref().map(|c| c.attempt).unwrap_or(1);
+        info!(attempt, "requesting a token");
         let started = std::time::Instant::now();
-        let result = match &held {
-            None => self.ctx.tokens.request(&request).await,
-            Some(claim) => match send_within(
-                claim.answer_deadline(),
-                self.ctx.tokens.timeout(),
-                self.ctx.tokens.request(&request),
-            )
-            .await
-            {
-                Sent::Answered(result) => result,
-                Sent::TooLate => Err(OAuthError::Timeout(self.ctx.tokens.timeout())),
-                Sent::NotSent => {
-                    warn!("the claim would run out before the request could finish; not sending");
-                    if let Some(held) = held {
-                        chain.release_unsent(held).await;
-                    }
-                    return Err(Error::StateConflict);
-                }
-            },
+        let timeout = self.ctx.tokens.timeout();
+        let result = match send_within(deadline, timeout, self.ctx.tokens.request(&request)).await {
+            Sent::Answered(result) => result,
+            Sent::TooLate => Err(OAuthError::Timeout(timeout)),
+            Sent::NotSent => {
+                warn!("the claim would run out before the request could finish; not sending");
+                return Answer::NotSent;
+            }
         };
         let elapsed = started.elapsed();
         self.ctx.metrics.observe_request(&result, elapsed);
-        let presented = held.as_ref().map(|h| h.fingerprint().to_string());
-        let after_lost_answer = attempt > 1;
-
-        let issued = match result {
-            Ok(issued) => issued,
-            Err(error) => {
-                if let Some(held) = held {
-                    if error.http_status().is_some() {
-                        // A complete answer: the provider did not hand out a new token.
-                        let rejected = error.kind() == FailureKind::ReauthorizationRequired;
-                        chain.release_answered(held, rejected).await;
-                    } else if matches!(error, OAuthError::Connect) {
-                        chain.release_unsent(held).await;
-                    } else {
-                        warn!("no answer arrived; the provider may have rotated the refresh token");
-                        chain.release_lost(held).await;
-                    }
-                }
-                return self
-                    .failed(inputs, chain.state, error, after_lost_answer)
-                    .await;
+        match result {
+            Ok(issued) => {
+                let (successor, error) = self.successor(inputs, state, issued, elapsed);
+                *access_error = error;
+                Answer::Issued { successor }
             }
-        };
+            Err(error) => {
+                let answer = match error.presentation() {
+                    Presentation::NotSent => Answer::NotSent,
+                    Presentation::Refused => Answer::Refused {
+                        rejected: error.kind() == FailureKind::ReauthorizationRequired,
+                    },
+                    Presentation::Unknown => {
+                        warn!("no answer arrived; the provider may have rotated the refresh token");
+                        Answer::Unknown
+                    }
+                };
+                *failure = Some(error);
+                answer
+            }
+        }
+    }
 
-        // Salvage first: a refresh token in any 2xx answer is persisted before the rest of the
-        // answer is judged.
-        let mut next = chain.state.clone();
+    /// The state a 2xx answer leads to: its refresh token first, whatever the rest says, and the
+    /// access token when it can be used (else why not).
+    fn successor(
+        &self,
+        inputs: &Inputs<'_>,
+        presented: &TokenState,
+        issued: Issued,
+        elapsed: std::time::Duration,
+    ) -> (TokenState, Option<OAuthError>) {
+        let presented_fingerprint = presented.refresh_fingerprint();
+        let mut next = presented.clone();
         next.claim = None;
         next.rejected_fingerprint = None;
-        if let Some(presented) = &presented {
-            next.binding = Some(inputs.binding.clone());
-            let rotated = issued
-                .refresh_token
-                .as_ref()
-                .is_some_and(|new| fingerprint(new.expose_secret()) != *presented);
-            next.rotates = Some(rotated || next.rotates == Some(true));
-            next.refresh_token_expires_at = schedule::refresh_token_expiry(
-                issued.requested_at,
-                issued.refresh_expires_in,
-                inputs.settings.refresh_token_lifetime,
-                rotated,
-                next.refresh_token_expires_at,
-            );
-        }
+        next.binding = Some(inputs.binding.clone());
+        let rotated = issued
+            .refresh_token
+            .as_ref()
+            .is_some_and(|new| Some(fingerprint(new.expose_secret())) != presented_fingerprint);
+        next.refresh_token_expires_at = schedule::refresh_token_expiry(
+            issued.requested_at,
+            issued.refresh_expires_in,
+            inputs.settings.refresh_token_lifetime,
+            rotated,
+            next.refresh_token_expires_at,
+        );
         if let Some(refresh) = issued.refresh_token {
             next.refresh_token = Some(refresh);
         }
-        let access_error = match issued.access {
-            Ok(grant) => {
-                let jwt_exp = jwt::expiry(grant.access_token.expose_secret());
-                let (expires_at, source) = schedule::token_expiry(
-                    issued.requested_at,
-                    grant.expires_in,
-                    jwt_exp,
-                    inputs.settings.default_lifetime,
-                );
-                let refresh_at = schedule::refresh_at(
-                    issued.requested_at,
-                    expires_at,
-                    inputs.settings.policy,
-                    (self.ctx.jitter)(),
-                );
-                let refresh_at = schedule::refresh_before_refresh_token_expiry(
-                    refresh_at,
-                    issued.requested_at,
-                    next.refresh_token_expires_at,
-                    next.rotates == Some(true),
-                    inputs.settings.policy,
-                    (self.ctx.jitter)(),
-                );
-                info!(
-                    rotated = next.rotates == Some(true),
-                    expiry_source = ?source,
-                    %expires_at,
-                    %refresh_at,
-                    latency_ms = elapsed.as_millis() as u64,
-                    "token issued"
-                );
-                next.access = Some(AccessToken {
-                    token: grant.access_token,
-                    token_type: grant.token_type,
-                    scope: grant.scope,
-                    issued_at: schedule::truncate_to_seconds(issued.requested_at),
-                    expires_at: schedule::truncate_to_seconds(expires_at),
-                    refresh_at,
-                });
-                next.request_fingerprint = Some(inputs.request_fingerprint.clone());
-                None
-            }
-            Err(error) => Some(error),
+        let grant = match issued.access {
+            Ok(grant) => grant,
+            // Whether the provider rotates is learnt from usable answers only.
+            Err(error) => return (next, Some(error)),
         };
-        match chain.commit(presented.as_deref(), next).await? {
-            Committed::Superseded => return Ok(Outcome::Superseded),
-            Committed::Stored | Committed::AlreadyThere => {}
+        next.rotates = Some(rotated || presented.rotates == Some(true));
+        next.access = Some(self.access_token(inputs, grant, issued.requested_at, &next, elapsed));
+        next.request_fingerprint = Some(inputs.request_fingerprint.clone());
+        (next, None)
+    }
+
+    /// The access token of a usable answer, with when to refresh it.
+    fn access_token(
+        &self,
+        inputs: &Inputs<'_>,
+        grant: AccessGrant,
+        requested_at: DateTime<Utc>,
+        state: &TokenState,
+        elapsed: std::time::Duration,
+    ) -> AccessToken {
+        let jwt_exp = jwt::expiry(grant.access_token.expose_secret());
+        let (expires_at, source) = schedule::token_expiry(
+            requested_at,
+            grant.expires_in,
+            jwt_exp,
+            inputs.settings.default_lifetime,
+        );
+        let refresh_at = schedule::refresh_at(
+            requested_at,
+            expires_at,
+            inputs.settings.policy,
+            (self.ctx.jitter)(),
+        );
+        let refresh_at = schedule::refresh_before_refresh_token_expiry(
+            refresh_at,
+            requested_at,
+            state.refresh_token_expires_at,
+            state.rotates == Some(true),
+            inputs.settings.policy,
+            (self.ctx.jitter)(),
+        );
+        info!(
+            rotated = state.rotates == Some(true),
+            expiry_source = ?source,
+            %expires_at,
+            %refresh_at,
+            latency_ms = elapsed.as_millis() as u64,
+            "token issued"
+        );
+        AccessToken {
+            token: grant.access_token,
+            token_type: grant.token_type,
+            scope: grant.scope,
+            issued_at: schedule::truncate_to_seconds(requested_at),
+            expires_at: schedule::truncate_to_seconds(expires_at),
+            refresh_at,
         }
-        if let Some(error) = access_error {
-            return self.failed(inputs, chain.state, error, false).await;
+    }
+
+    /// Records in status, under a precondition on the version this reconcile read, that
+    /// `fingerprint` was imported: the import is then never mistaken for a new one, even when
+    /// the state Secret is lost.
+    async fn record_import(&self, fingerprint: &str) -> bool {
+        let tokens: Api<OAuthToken> = Api::namespaced(
+            self.ctx.client.clone(),
+            &self.token.namespace().unwrap_or_default(),
+        );
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": self.token.resource_version()},
+            "status": {"importedRefreshTokenSha256": fingerprint},
+        });
+        match tokens
+            .patch_status(
+                &self.token.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await
+        {
+            Ok(written) => {
+                self.ctx.caches.wrote_token(&written);
+                true
+            }
+            Err(error) => {
+                warn!(%error, "recording the import in status failed; nothing was presented");
+                false
+            }
         }
-        self.publish(inputs.settings, inputs.target, &chain.state)
-            .await?;
-        Ok(Outcome::Issued {
-            state: chain.state,
-            had_token,
-            imported: inputs.imported,
-        })
+    }
+
+    /// What a refresh of the chain means for status; publishes what it left.
+    async fn outcome(
+        &self,
+        inputs: &Inputs<'_>,
+        schedule: &Schedule,
+        ended: Ended,
+        failure: Option<OAuthError>,
+        access_error: Option<OAuthError>,
+    ) -> Result<Outcome, Error> {
+        let now = self.now;
+        let Ended { done, api_error } = ended;
+        let after = |wait: std::time::Duration| {
+            now + chrono::TimeDelta::from_std(wait.min(LONGEST_WAIT)).unwrap_or_default()
+        };
+        let outcome = match done {
+            Done::NoToken | Done::StateLost => return Ok(self.no_chain(inputs, &done)),
+            Done::Idle {
+                state,
+                answer_unknown,
+            } => match (schedule.deferred, schedule.decision) {
+                (Some(until), _) => Outcome::Deferred { until },
+                (None, Decision::WaitUntil(until)) => Outcome::Waiting {
+                    unconfirmed: answer_unknown.then(|| unconfirmed_until(until)),
+                    state,
+                    until,
+                },
+                // Due, but leadership is gone or the process stops: another replica takes over.
+                (None, Decision::RefreshNow(_)) => Outcome::Waiting {
+                    state,
+                    until: now + chrono::TimeDelta::seconds(5),
+                    unconfirmed: None,
+                },
+            },
+            Done::Waiting {
+                state,
+                after: wait,
+                unconfirmed,
+            } => {
+                debug!(?wait, "another process holds a claim on the refresh token");
+                Outcome::Waiting {
+                    unconfirmed: unconfirmed.map(|u| {
+                        format!(
+                            "Process {} presented the refresh token and has stored no answer; it may still store one, so the refresh token is presented once more only at {}, shortly before the published access token expires. Until then the published token may already be invalid: some providers revoke it the moment they rotate",
+                            u.holder,
+                            rfc3339(u.once_more_at)
+                        )
+                    }),
+                    state,
+                    until: after(wait),
+                }
+            }
+            Done::Dead {
+                state,
+                reason,
+                message,
+            } => Outcome::ChainDead {
+                reason,
+                message,
+                state,
+            },
+            Done::Committed { state } => match access_error {
+                Some(error) => self.failed(inputs, state, error, false, false),
+                None => Outcome::Issued {
+                    state,
+                    had_token: inputs.had_token,
+                    imported: inputs.imported,
+                },
+            },
+            Done::NotIssued {
+                state,
+                lost,
+                after_lost_answer,
+            } => {
+                let error = failure.unwrap_or(OAuthError::Timeout(self.ctx.tokens.timeout()));
+                self.failed(inputs, state, error, after_lost_answer, lost)
+            }
+            Done::NotSent { state } => match failure {
+                Some(error) => self.failed(inputs, state, error, false, false),
+                // The claim would have run out first: look again at once.
+                None => return Err(Error::StateConflict),
+            },
+            Done::Superseded { .. } => return Ok(Outcome::Superseded),
+            Done::Conflict => return Err(Error::StateConflict),
+            Done::NotStored => {
+                return Err(api_error.map_or(Error::StateConflict, Error::WriteState));
+            }
+            Done::Parked { state, until } => {
+                let remaining = self
+                    .ctx
+                    .fencing
+                    .instant_at(until)
+                    .saturating_duration_since(tokio::time::Instant::now());
+                let why = api_error.map_or_else(
+                    || "the state Secret kept changing".to_string(),
+                    |e| e.to_string(),
+                );
+                Outcome::Waiting {
+                    unconfirmed: Some(format!(
+                        "A new refresh token was obtained but could not be stored yet ({why}); it is kept in memory and stored before anything else, for up to {}s more",
+                        remaining.as_secs()
+                    )),
+                    // Nothing of the new state is published before it is stored.
+                    state: TokenState {
+                        access: None,
+                        ..state
+                    },
+                    until: after(PARKED_RETRY),
+                }
+            }
+            Done::Dropped => Outcome::ChainDead {
+                reason: reason::SUCCESSOR_LOST,
+                message: "The provider rotated the refresh token, but the new one could not be stored before other processes may present the old one (the Kubernetes API was out of reach too long); it was given up, and the old one is not presented again. Put a new refresh token in the import Secret".to_string(),
+                state: TokenState::default(),
+            },
+        };
+        // The published token stays while it is valid: a failed refresh removes nothing, and a
+        // deleted token Secret comes back from the state.
+        if let Some(state) = outcome.state() {
+            self.publish(inputs.settings, inputs.target, state).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// No chain to refresh: nothing imported yet, or the state Secret is gone.
+    fn no_chain(&self, inputs: &Inputs<'_>, done: &Done<TokenState>) -> Outcome {
+        let GrantSettings::RefreshToken { import } = &inputs.settings.grant else {
+            return Outcome::invalid_spec("no refresh token".to_string());
+        };
+        if matches!(done, Done::NoToken) {
+            return Outcome::invalid_spec(format!(
+                "waiting for Secret {} with key {} holding the refresh token from the one-time authorization",
+                import.secret, import.key
+            ));
+        }
+        warn!("the state Secret is gone and the import Secret holds a used-up refresh token");
+        Outcome::ChainDead {
+            reason: reason::STATE_LOST,
+            message: format!(
+                "The state Secret {} holding the refresh-token chain was deleted; the refresh token in Secret {} was used up long ago and is not presented again. Put a new refresh token in Secret {} key {}",
+                self.token.state_secret_name(),
+                import.secret,
+                import.secret,
+                import.key
+            ),
+            state: TokenState::default(),
+        }
+    }
+
+    /// The client-credentials grant: no chain to protect, so no state Secret. What a restart
+    /// needs to know comes from status and the token Secret.
+    async fn client_credentials_grant(
+        &self,
+        settings: &Settings,
+        target: Option<&Secret>,
+    ) -> Result<Outcome, Error> {
+        let identity = match self.client_credentials(settings, false).await? {
+            Ok(client) => client,
+            Err(message) => return Ok(Outcome::invalid_spec(message)),
+        };
+        let binding = settings.binding(&identity.client_id);
+        let request_fingerprint =
+            settings.request_fingerprint(&identity.client_id, &self.token.spec);
+        let published = self.published_from_status(target);
+        let spec_changed = published.access.is_some()
+            && self
+                .previous
+                .request_sha256
+                .as_ref()
+                .is_some_and(|known| *known != request_fingerprint);
+        let schedule = self
+            .schedule(
+                settings,
+                &binding,
+                false,
+                spec_changed,
+                published.access.as_ref().map(|a| a.refresh_at),
+            )
+            .await;
+        if let Some(until) = schedule.deferred {
+            return Ok(Outcome::Deferred { until });
+        }
+        if let Decision::WaitUntil(until) = schedule.decision {
+            return Ok(Outcome::Waiting {
+                state: published,
+                until,
+                unconfirmed: None,
+            });
+        }
+        if !schedule.due {
+            return Ok(Outcome::Waiting {
+                state: published,
+                until: self.now + chrono::TimeDelta::seconds(5),
+                unconfirmed: None,
+            });
+        }
+        let client = match self.client_for(settings, identity, true).await? {
+            Ok(client) => client,
+            Err(message) => return Ok(Outcome::invalid_spec(message)),
+        };
+        let inputs = Inputs {
+            settings,
+            target,
+            client,
+            binding,
+            request_fingerprint,
+            imported: false,
+            had_token: self.previous.expires_at.is_some(),
+        };
+        let spec = &self.token.spec;
+        let request = TokenRequest {
+            endpoint: &settings.endpoint,
+            client: &inputs.client,
+            grant: GrantRequest::ClientCredentials,
+            scopes: &spec.scopes,
+            audience: spec.audience.as_deref(),
+            extra_parameters: &spec.extra_parameters,
+        };
+        info!("requesting a token");
+        let started = std::time::Instant::now();
+        let result = self.ctx.tokens.request(&request).await;
+        let elapsed = started.elapsed();
+        self.ctx.metrics.observe_request(&result, elapsed);
+        let outcome = match result.and_then(|issued| {
+            let requested_at = issued.requested_at;
+            issued.access.map(|grant| (grant, requested_at))
+        }) {
+            Ok((grant, requested_at)) => {
+                let mut state = TokenState {
+                    request_fingerprint: Some(inputs.request_fingerprint.clone()),
+                    ..TokenState::default()
+                };
+                state.access =
+                    Some(self.access_token(&inputs, grant, requested_at, &state, elapsed));
+                Outcome::Issued {
+                    state,
+                    had_token: inputs.had_token,
+                    imported: false,
+                }
+            }
+            Err(error) => self.failed(&inputs, published, error, false, false),
+        };
+        if let Outcome::Issued { state, .. } = &outcome {
+            self.publish(settings, target, state).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// The published client-credentials token as status and the token Secret tell it (its
+    /// value stays in the token Secret).
+    fn published_from_status(&self, target: Option<&Secret>) -> TokenState {
+        let status = self.previous;
+        let access = match (target, status.expires_at, status.last_refresh_at) {
+            (Some(_), Some(expires_at), Some(issued_at)) => Some(AccessToken {
+                token: SecretString::from(String::new()),
+                token_type: String::new(),
+                scope: None,
+                issued_at,
+                expires_at,
+                // After a failure nextRefreshAt is the retry; the schedule reads that apart.
+                refresh_at: if status.failed_attempts == 0 {
+                    status.next_refresh_at.unwrap_or(expires_at)
+                } else {
+                    expires_at
+                },
+            }),
+            _ => None,
+        };
+        TokenState {
+            access,
+            request_fingerprint: status.request_sha256.clone(),
+            ..TokenState::default()
+        }
     }
 
     /// A failed token request: backoff from status, the published token kept while valid.
-    async fn failed(
+    fn failed(
         &self,
         inputs: &Inputs<'_>,
         state: TokenState,
         error: OAuthError,
         after_lost_answer: bool,
-    ) -> Result<Outcome, Error> {
+        lost: bool,
+    ) -> Outcome {
         if let OAuthError::Throttled { retry_after, .. } = &error {
             // The provider is overloaded or limits us: every OAuthToken on this origin waits.
             let pause = retry_after.unwrap_or(schedule::TRANSIENT_BACKOFF_BASE);
@@ -555,16 +913,15 @@ impl Run<'_> {
             %retry_at,
             "token request failed"
         );
-        // The published token stays while it is valid: a failed refresh removes nothing.
-        self.publish(inputs.settings, inputs.target, &state).await?;
-        Ok(Outcome::Failed {
+        Outcome::Failed {
             state,
             error,
             attempts,
             retry_at,
             imported: inputs.imported,
             after_lost_answer,
-        })
+            lost,
+        }
     }
 
     async fn publish(
@@ -668,6 +1025,14 @@ impl Run<'_> {
     }
 }
 
+/// Why `Ready` is Unknown while the last presentation's answer is unknown.
+fn unconfirmed_until(until: DateTime<Utc>) -> String {
+    format!(
+        "The answer to the last presentation of the refresh token was lost: the provider may have rotated it, and some providers revoke the published access token when they do. The refresh token is presented once more at {}",
+        rfc3339(until)
+    )
+}
+
 fn failure_class(error: &OAuthError) -> FailureClass {
     match error.kind() {
         FailureKind::ReauthorizationRequired => FailureClass::ReauthorizationRequired,
@@ -688,35 +1053,45 @@ async fn publish_events(
     let previous_reason = status::ready_reason(previous);
     let next_reason = status::ready_reason(next);
     let mut events = Vec::new();
-    if matches!(
-        outcome,
-        Outcome::Issued { imported: true, .. } | Outcome::Failed { imported: true, .. }
-    ) {
-        events.push((
+    match outcome {
+        // One Event per transition: a first token (the import that led to it included), a new
+        // import (a human authorized again), a recovery; none for a routine refresh.
+        Outcome::Issued {
+            had_token: false,
+            imported,
+            ..
+        } => events.push((
+            EventType::Normal,
+            "TokenIssued",
+            if *imported {
+                "Imported the refresh token from the import Secret and obtained the first access token"
+            } else {
+                "Obtained the first access token"
+            }
+            .to_string(),
+        )),
+        Outcome::Issued { imported: true, .. } => events.push((
+            EventType::Normal,
+            "RefreshTokenImported",
+            "Imported a new refresh token from the import Secret and obtained an access token with it"
+                .to_string(),
+        )),
+        Outcome::Issued { .. } if previous.failed_attempts > 0 => events.push((
+            EventType::Normal,
+            "Recovered",
+            format!(
+                "Obtained an access token after {} failed attempts",
+                previous.failed_attempts
+            ),
+        )),
+        Outcome::Failed { imported: true, .. } => events.push((
             EventType::Normal,
             "RefreshTokenImported",
             "Imported a new refresh token from the import Secret".to_string(),
-        ));
+        )),
+        _ => {}
     }
     match outcome {
-        Outcome::Issued { had_token, .. } => {
-            if !had_token {
-                events.push((
-                    EventType::Normal,
-                    "TokenIssued",
-                    "Obtained the first access token".to_string(),
-                ));
-            } else if previous.failed_attempts > 0 {
-                events.push((
-                    EventType::Normal,
-                    "Recovered",
-                    format!(
-                        "Obtained an access token after {} failed attempts",
-                        previous.failed_attempts
-                    ),
-                ));
-            }
-        }
         Outcome::Failed {
             error, attempts, ..
         } => {
@@ -745,7 +1120,15 @@ async fn publish_events(
                 ));
             }
         }
-        Outcome::Waiting { .. } | Outcome::Deferred { .. } => {}
+        Outcome::Waiting {
+            unconfirmed: Some(why),
+            ..
+        } => {
+            if previous_reason.as_deref() != Some(reason::REFRESH_UNCONFIRMED) {
+                events.push((EventType::Warning, reason::REFRESH_UNCONFIRMED, why.clone()));
+            }
+        }
+        Outcome::Issued { .. } | Outcome::Waiting { .. } | Outcome::Deferred { .. } => {}
     }
     let reference = token.object_ref(&());
     for (type_, reason, note) in events {

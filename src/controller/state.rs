@@ -60,32 +60,7 @@ pub struct TokenState {
     pub rotates: Option<bool>,
 }
 
-/// A process's claim to present one refresh token, recorded with a resourceVersion
-/// precondition before the request is sent. Another process that finds it waits it out on its
-/// own clock before doing anything with the chain.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Claim {
-    /// The process that presents the token (its identity and a per-process nonce).
-    pub holder: String,
-    /// Fingerprint of the refresh token being presented.
-    pub fingerprint: String,
-    /// How long the claim lasts, measured by whoever sees it from when it first saw it.
-    pub ttl_seconds: u64,
-    /// Presentations of this refresh token whose answer never arrived, this one included.
-    pub attempt: u32,
-    /// The holder knows the answer was lost (a timeout); nobody needs to wait for it.
-    #[serde(default)]
-    pub lost: bool,
-}
-
-/// The token endpoint origin and client a refresh-token chain belongs to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Binding {
-    /// Scheme, host and port of the token endpoint, e.g. `https://allegro.pl:443`.
-    pub origin: String,
-    pub client_id: String,
-}
+pub use super::chain::protocol::{Binding, Claim};
 
 /// The last access token obtained.
 #[derive(Clone)]
@@ -183,11 +158,14 @@ impl TokenState {
             // `Chain`. Dropping it silently would allow a second presentation in flight.
             claim: text(CLAIM).map(|raw| {
                 serde_json::from_str(&raw).unwrap_or_else(|_| Claim {
+                    id: String::new(),
                     holder: "(unreadable claim)".to_string(),
                     fingerprint: String::new(),
                     ttl_seconds: 0,
                     attempt: 1,
                     lost: true,
+                    answered: false,
+                    successor_lost: false,
                 })
             }),
             binding,
@@ -284,11 +262,14 @@ mod tests {
                 refresh_at: at(2400),
             }),
             claim: Some(Claim {
+                id: "pod-a/1234/7".into(),
                 holder: "pod-a/1234".into(),
                 fingerprint: fingerprint("rt"),
                 ttl_seconds: 40,
                 attempt: 2,
                 lost: true,
+                answered: false,
+                successor_lost: false,
             }),
             binding: Some(Binding {
                 origin: "https://idp.test:443".into(),

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use super::state::{TokenState, rfc3339};
-use crate::api::conditions::{self, FALSE, READY, REAUTHORIZATION_REQUIRED, TRUE, reason};
+use crate::api::conditions::{self, FALSE, READY, REAUTHORIZATION_REQUIRED, TRUE, UNKNOWN, reason};
 use crate::api::{OAuthToken, OAuthTokenStatus};
 use crate::oauth::{FailureKind, OAuthError};
 use crate::schedule::truncate_to_seconds;
@@ -25,6 +25,10 @@ pub enum Outcome {
     Waiting {
         state: TokenState,
         until: DateTime<Utc>,
+        /// The answer to a presentation of the refresh token is unknown (lost, or another process
+        /// presented it and stored nothing yet), and why the operator waits: the published token
+        /// may already be invalid.
+        unconfirmed: Option<String>,
     },
     /// The token request failed.
     Failed {
@@ -35,6 +39,8 @@ pub enum Outcome {
         imported: bool,
         /// The answer to an earlier presentation of the same refresh token was lost.
         after_lost_answer: bool,
+        /// No answer came: the provider may have rotated.
+        lost: bool,
     },
     /// The refresh token must not be presented again: a human must authorize anew. The
     /// published access token stays until it expires.
@@ -118,8 +124,30 @@ pub fn desired(
                 next.refresh_token_imported_at = Some(truncate_to_seconds(now));
             }
             conditions.token_valid(&mut next, state);
+            if !conditions.uses_refresh_tokens {
+                next.request_sha256 = state.request_fingerprint.clone();
+            }
         }
-        Outcome::Waiting { state, until } => {
+        Outcome::Waiting {
+            state,
+            until,
+            unconfirmed: Some(why),
+        } => {
+            record_token(&mut next, state);
+            next.next_refresh_at = Some(*until);
+            set(
+                &mut next,
+                READY,
+                UNKNOWN,
+                reason::REFRESH_UNCONFIRMED,
+                why.clone(),
+            );
+        }
+        Outcome::Waiting {
+            state,
+            until,
+            unconfirmed: None,
+        } => {
             if previous.failed_attempts == 0 {
                 record_token(&mut next, state);
                 if state.valid_access(now).is_some() {
@@ -177,6 +205,7 @@ pub fn desired(
             retry_at,
             imported,
             after_lost_answer,
+            lost,
         } => {
             next.failed_attempts = *attempts;
             next.last_failure_at = Some(truncate_to_seconds(now));
@@ -225,6 +254,24 @@ pub fn desired(
                         _ => Some(reason::REFRESH_FAILING),
                     };
                     match ready_reason {
+                        // Whether the provider rotated is unknown: some revoke the published
+                        // access token the moment they do.
+                        None if *lost => set(
+                            &mut next,
+                            READY,
+                            UNKNOWN,
+                            reason::REFRESH_UNCONFIRMED,
+                            if *after_lost_answer {
+                                format!(
+                                    "{error}. This was the one more presentation after a lost answer: the refresh token is not presented again"
+                                )
+                            } else {
+                                format!(
+                                    "{error}. The provider may have rotated the refresh token, and some providers revoke the published access token when they do; the refresh token is presented once more at {}",
+                                    rfc3339(*retry_at)
+                                )
+                            },
+                        ),
                         Some(why) => set(&mut next, READY, FALSE, why, error.to_string()),
                         None => set(
                             &mut next,

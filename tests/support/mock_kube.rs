@@ -191,6 +191,11 @@ impl MockApi {
                 let Some(mut existing) = inner.objects.get(&object_path).cloned() else {
                     return status_response(404, "not found");
                 };
+                // A resourceVersion in the patch is a precondition, as on an apiserver.
+                let expected = &body["metadata"]["resourceVersion"];
+                if !expected.is_null() && *expected != existing["metadata"]["resourceVersion"] {
+                    return status_response(409, "the object has been modified");
+                }
                 merge(&mut existing["status"], &body["status"]);
                 let stored = inner.store(&object_path, existing);
                 json_response(StatusCode::OK, &stored)
