@@ -351,12 +351,20 @@ pub async fn until_idle(progress: &Progress, running: impl std::future::Future<O
     }
 }
 
-/// Ends the process if it has not exited `limit` after shutdown began: every shutdown path
-/// (leader election, a controller waiting for a watch that never syncs, a hung API call) is
-/// bounded by this last resort.
-pub fn exit_after(limit: Duration) {
+/// Ends the process if it has not exited `limit` after shutdown began, or, while `hold` names a
+/// later time, then: every shutdown path (leader election, a controller waiting for a watch that
+/// never syncs, a hung API call) is bounded by this last resort.
+pub fn exit_after(limit: Duration, hold: impl Fn() -> Option<std::time::Instant> + Send + 'static) {
     std::thread::spawn(move || {
         std::thread::sleep(limit);
+        // A new refresh token that is not stored yet keeps the process alive while it may
+        // still be stored: other processes present the old one only after that.
+        while let Some(until) = hold().filter(|until| *until > std::time::Instant::now()) {
+            tracing::warn!(
+                "a new refresh token is not stored yet; staying until it is or its time runs out"
+            );
+            std::thread::sleep(until.saturating_duration_since(std::time::Instant::now()));
+        }
         tracing::error!(
             limit_seconds = limit.as_secs(),
             "shutdown did not complete in time; exiting now"

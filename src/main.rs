@@ -203,9 +203,15 @@ async fn run(args: RunArgs) -> ExitCode {
     // Whatever hangs, the process exits this long after shutdown began.
     let exit_limit = args.shutdown_grace_period + SHUTDOWN_MARGIN;
     let watchdog = shutdown.clone();
+    let holding = context.clone();
     tokio::spawn(async move {
         watchdog.cancelled().await;
-        health::exit_after(exit_limit);
+        health::exit_after(exit_limit, move || {
+            holding
+                .fencing
+                .successors_until()
+                .map(tokio::time::Instant::into_std)
+        });
     });
 
     let health = Health {

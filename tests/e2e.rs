@@ -475,6 +475,13 @@ async fn e2e_crash_loop_loses_no_chain_outside_the_write_window() {
         "crash loop: {CYCLES} SIGKILL cycles over {} chains, {refreshes} refreshes, {lost} chains lost (each inside the provider-answer-to-write window)",
         names.len()
     );
+    // The window between the provider's answer and the state write is milliseconds of a
+    // 1.3 s refresh cycle: a kill lands in it rarely. Losing more than a few chains means the
+    // window is not what it should be.
+    assert!(
+        lost <= CYCLES / 6,
+        "{lost} chains lost in {CYCLES} kills: the answer-to-write window is too wide"
+    );
     operator.assert_no_secret_in_logs(&secrets);
 }
 
@@ -582,14 +589,13 @@ async fn e2e_revoked_grant_needs_reauthorization_without_a_storm() {
     env.wait_for_event("shop", "Warning InvalidGrant", Duration::from_secs(10))
         .await;
 
+    // A rejected refresh token is never presented again: nothing may reach the provider until
+    // a human authorizes again (a window of several refresh cycles of the 4 s tokens).
     let at_detection = provider.stats().await.token_requests;
-    tokio::time::sleep(Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
     let extra = provider.stats().await.token_requests - at_detection;
-    println!("token requests in the minute after revocation was detected: {extra}");
-    assert!(
-        extra <= 2,
-        "no retry storm: {extra} token requests in a minute"
-    );
+    println!("token requests in the 30 s after revocation was detected: {extra}");
+    assert_eq!(extra, 0, "the rejected refresh token was presented again");
 
     reauthorize(&env, &provider, &secrets, "shop").await;
     assert_eq!(
@@ -754,6 +760,26 @@ async fn e2e_two_operators_without_leader_election_never_reuse_a_refresh_token()
     let stats = provider.stats().await;
     println!("two operators, no leader election: {stats:?}");
     assert_eq!(stats.error("invalid_grant"), 0, "{stats:?}");
+    // Both refreshed, and at least one of them met the other's claim: they did compete.
+    for operator in [&first, &second] {
+        assert!(
+            operator
+                .logs()
+                .iter()
+                .any(|l| l.contains("requesting a token")),
+            "one of the operators never refreshed: they did not compete"
+        );
+    }
+    assert!(
+        [&first, &second]
+            .iter()
+            .any(|operator| operator
+                .logs()
+                .iter()
+                .any(|l| l.contains("another process holds a claim")
+                    || l.contains("changed meanwhile"))),
+        "neither operator ever met the other's claim or write"
+    );
     first.assert_no_secret_in_logs(&secrets);
     second.assert_no_secret_in_logs(&secrets);
 }
@@ -850,8 +876,8 @@ async fn e2e_frozen_leader_with_a_request_in_flight_loses_no_chain() {
 
 /// The leader dies (SIGKILL) while its refresh request is in flight, and the provider, answering
 /// late and with an error, never rotated the refresh token. The standby takes the Lease, finds
-/// the dead leader's claim, waits it out, then presents the same refresh token again: the chain
-/// goes on, with no refresh token accepted twice.
+/// the dead leader's claim, waits it out, then presents the same refresh token exactly once more
+/// (attempt 2), and the chain goes on.
 #[tokio::test]
 async fn e2e_killed_leader_claim_is_waited_out_then_the_chain_goes_on() {
     let (env, provider, secrets) = setup("killed-claim", 6).await;
@@ -874,12 +900,25 @@ async fn e2e_killed_leader_claim_is_waited_out_then_the_chain_goes_on() {
     wait_for_refresh_request(&provider, Duration::from_secs(20)).await;
     first.kill();
     let killed = Instant::now();
+    let after_kill = provider.stats().await.grant_type("refresh_token");
     let last_of_killed = current_token(&env, "shop").await;
     secrets.collect(&env, "shop", "shop-token").await;
 
     // Lease (15 s) and claim (5 s request timeout + 10 s, from when the standby first sees it).
     wait_for_new_token(&env, "shop", Some(&last_of_killed), Duration::from_secs(60)).await;
     println!("new token {:?} after the kill", killed.elapsed());
+    assert_eq!(
+        provider.stats().await.grant_type("refresh_token"),
+        after_kill + 1,
+        "the standby presented the claimed refresh token exactly once more"
+    );
+    assert!(
+        second
+            .logs()
+            .iter()
+            .any(|l| l.contains("requesting a token") && l.contains("attempt=2")),
+        "the standby's presentation counted as the one more after a lost answer"
+    );
     secrets.collect(&env, "shop", "shop-token").await;
     assert_claim_was_honoured(
         &env,
@@ -889,6 +928,75 @@ async fn e2e_killed_leader_claim_is_waited_out_then_the_chain_goes_on() {
         "killed leader's claim",
     )
     .await;
+}
+
+/// The leader dies while its refresh is in flight, after the provider rotated the refresh token:
+/// the answer is lost with the process. The standby waits the claim out, and then, since the dead
+/// leader might still have stored the new token, until the published access token is about to
+/// expire, saying meanwhile that the refresh is unconfirmed (`Ready=Unknown`). Then it presents
+/// the refresh token once more: the provider detects the reuse and revokes the grant, and the
+/// operator asks for re-authorization and presents nothing more.
+#[tokio::test]
+async fn e2e_answer_lost_after_rotation_is_waited_for_then_presented_once_more_only() {
+    // Tokens live 60 s and are refreshed after 3 s: the published one serves long after the
+    // claim has run out.
+    let (env, provider, secrets) = setup("lost-rotated", 60).await;
+    let mut first = Operator::start(&env);
+    create_chain(
+        &env,
+        &provider,
+        &secrets,
+        "shop",
+        BASIC_CLIENT,
+        json!({"refreshBeforePercentage": 95}),
+    )
+    .await;
+    wait_for_new_token(&env, "shop", None, Duration::from_secs(20)).await;
+    let second = Operator::start(&env);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    provider.delay_answers(1, Duration::from_secs(30)).await;
+    wait_for_refresh_request(&provider, Duration::from_secs(20)).await;
+    first.kill();
+    let after_kill = provider.stats().await.grant_type("refresh_token");
+    secrets.collect(&env, "shop", "shop-token").await;
+
+    env.wait_for_event(
+        "shop",
+        "Warning RefreshUnconfirmed",
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        env.condition("shop", "Ready").await,
+        Some(("Unknown".into(), "RefreshUnconfirmed".into()))
+    );
+    assert_eq!(
+        provider.stats().await.grant_type("refresh_token"),
+        after_kill,
+        "nothing is presented while the dead leader's answer may still be stored"
+    );
+    env.wait_for_condition(
+        "shop",
+        "ReauthorizationRequired",
+        ("True", "InvalidGrant"),
+        Duration::from_secs(60),
+    )
+    .await;
+    let message = env
+        .condition_message("shop", "ReauthorizationRequired")
+        .await;
+    assert!(message.contains("was lost"), "{message}");
+    let at_detection = provider.stats().await.grant_type("refresh_token");
+    assert_eq!(at_detection, after_kill + 1, "one more presentation");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        provider.stats().await.grant_type("refresh_token"),
+        at_detection,
+        "and never a third"
+    );
+    first.assert_no_secret_in_logs(&secrets);
+    second.assert_no_secret_in_logs(&secrets);
 }
 
 /// The Kubernetes API goes away for good (the test server stops): without leader election

@@ -413,6 +413,9 @@ function buildProvider(issuer) {
 
     try {
       await next();
+      // The provider has answered (and rotated): the answer reaches the client late, or, if
+      // the client gave up meanwhile, never.
+      if (fault && fault.answer_delay_ms) await sleep(fault.answer_delay_ms);
     } finally {
       const body = ctx.body;
       if (ctx.status >= 200 && ctx.status < 300 && body && typeof body === 'object' && body.access_token) {
@@ -546,6 +549,7 @@ async function handleAdmin(provider, req, res) {
         retry_after: body.retry_after,
         delay_ms: Number.isInteger(body.delay_ms) && body.delay_ms > 0 ? body.delay_ms : 0,
         pass: body.pass === true,
+        answer_delay_ms: Number.isInteger(body.answer_delay_ms) && body.answer_delay_ms > 0 ? body.answer_delay_ms : 0,
       };
       for (let i = 0; i < count; i += 1) faults.push({ ...fault });
       sendJson(res, 200, { pending: faults.length });

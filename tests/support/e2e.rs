@@ -236,6 +236,17 @@ impl Env {
             })
     }
 
+    /// The message of a condition, empty if absent.
+    pub async fn condition_message(&self, name: &str, type_: &str) -> String {
+        let status = self.status(name).await;
+        status["conditions"]
+            .as_array()
+            .and_then(|conditions| conditions.iter().find(|c| c["type"] == type_))
+            .and_then(|c| c["message"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// Waits until condition `type_` of OAuthToken `name` has this `(status, reason)`.
     pub async fn wait_for_condition(
         &self,

@@ -446,6 +446,23 @@ impl OidcProvider {
             .await;
     }
 
+    /// The next `count` token requests are processed at once (refresh tokens rotate) and
+    /// their answers held back for `delay`: a client that gives up first has lost an answer
+    /// after the provider rotated.
+    pub async fn delay_answers(&self, count: u32, delay: std::time::Duration) {
+        let _: serde_json::Value = self
+            .admin_json(
+                reqwest::Method::POST,
+                "/faults",
+                Some(serde_json::json!({
+                    "count": count,
+                    "pass": true,
+                    "answer_delay_ms": delay.as_millis() as u64,
+                })),
+            )
+            .await;
+    }
+
     /// Drops all pending injected faults.
     pub async fn clear_faults(&self) {
         let _: serde_json::Value = self
