@@ -906,6 +906,7 @@ async fn floor_run(
 ) -> (FloorRun, Vec<String>) {
     // Setup, not timed (as the OAuthTokens' creation is not part of the cold start): the
     // namespaces and the OAuthTokens.
+    let setup = Instant::now();
     let run = format!("{:05}", rand::random::<u32>() % 100_000);
     let n = opts.tokens;
     let per_namespace = opts.per_namespace.max(1);
@@ -980,6 +981,12 @@ async fn floor_run(
         }
     }
 
+    if opts.verbose {
+        eprintln!(
+            "[bench] floor: {n} OAuthTokens of its own created in {:.1} s; writing with HTTP/{versions} offered",
+            setup.elapsed().as_secs_f64()
+        );
+    }
     let (client, api_counts, spoken) = floor_client(&cluster.kubeconfig, versions).await;
     let work = Arc::new((tokens, counts, Mutex::new(states), shapes.to_vec()));
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -1042,10 +1049,9 @@ async fn floor(
     let concurrency = operator_flag(&opts.operator_args, "--max-concurrent-reconciles")
         .map(|v| v.parse().expect("--max-concurrent-reconciles is a number"))
         .unwrap_or(oauth_token_operator::controller::DEFAULT_MAX_CONCURRENT_RECONCILES as usize);
-    let operators = match operator_flag(&opts.operator_args, "--kube-api-http-version").as_deref() {
-        Some("1.1") => HttpVersions::Http1,
-        _ => HttpVersions::Http2,
-    };
+    let operators = operator_flag(&opts.operator_args, "--kube-api-http-version")
+        .map(|v| v.parse().expect("--kube-api-http-version is 1.1 or 2"))
+        .unwrap_or(apiclient::DEFAULT_HTTP_VERSIONS);
     let mut report = FloorReport {
         concurrency,
         ..FloorReport::default()
@@ -1393,8 +1399,9 @@ pub async fn run(opts: Options) -> Report {
     report.floor = floor;
     for run in &report.floor.runs {
         log(format!(
-            "floor, {} offered: {:.1} s",
+            "floor, {} offered ({} spoken): {:.1} s",
             run.offered,
+            run.spoken.join(", "),
             run.time.as_secs_f64()
         ));
     }
