@@ -18,6 +18,7 @@ async fn api_cost_at_the_floor_for_300_tokens() {
         sustain: Duration::from_secs(16),
         idle: Duration::from_secs(5),
         operator_args: Vec::new(),
+        floor_rounds: 1,
         verbose: std::env::var_os("SCALE_VERBOSE").is_some(),
     })
     .await;

@@ -54,6 +54,9 @@ pub struct Options {
     pub idle: Duration,
     /// Extra flags for `oauth-token-operator run`.
     pub operator_args: Vec<String>,
+    /// Rounds of the bare writer, each with HTTP/1.1 and HTTP/2 (in turn first), to tell the
+    /// two apart on a noisy machine.
+    pub floor_rounds: usize,
     /// Print progress lines.
     pub verbose: bool,
 }
@@ -67,6 +70,7 @@ impl Default for Options {
             sustain: Duration::from_secs(60),
             idle: Duration::from_secs(10),
             operator_args: Vec::new(),
+            floor_rounds: 1,
             verbose: true,
         }
     }
@@ -612,9 +616,9 @@ pub struct FloorReport {
 }
 
 impl FloorReport {
-    /// The run the operator's cold start is divided by.
-    pub fn operators(&self) -> Option<&FloorRun> {
-        self.runs.iter().find(|run| run.operators)
+    /// The runs with the operator's HTTP version: the floor its cold start is divided by.
+    pub fn operators(&self) -> impl Iterator<Item = &FloorRun> {
+        self.runs.iter().filter(|run| run.operators)
     }
 
     fn print(&self, cold_start: Duration, n: f64) {
@@ -655,6 +659,22 @@ impl FloorReport {
                     ""
                 }
             );
+        }
+        if self.runs.len() > 2 {
+            for offered in ["HTTP/1.1", "HTTP/2"] {
+                let times: Vec<f64> = self
+                    .runs
+                    .iter()
+                    .filter(|run| run.offered == offered)
+                    .map(|run| run.time.as_secs_f64())
+                    .collect();
+                let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
+                println!(
+                    "    {offered} offered, mean of {}: {mean:.1} s; cold start / floor {:.2}",
+                    times.len(),
+                    cold_start.as_secs_f64() / mean.max(0.001)
+                );
+            }
         }
     }
 }
@@ -1068,7 +1088,14 @@ async fn floor(
         }
     }
     let mut namespaces = Vec::new();
-    for versions in [HttpVersions::Http1, HttpVersions::Http2] {
+    let rounds = (0..opts.floor_rounds.max(1)).flat_map(|round| {
+        if round % 2 == 0 {
+            [HttpVersions::Http1, HttpVersions::Http2]
+        } else {
+            [HttpVersions::Http2, HttpVersions::Http1]
+        }
+    });
+    for versions in rounds {
         let (mut run, made) =
             floor_run(cluster, opts, shapes, &report.plan, concurrency, versions).await;
         run.operators = versions == operators;
