@@ -1,5 +1,5 @@
 //! `cargo bench --bench scale -- [--tokens N] [--per-namespace N] [--sustain 60s]
-//! [--short-lifetime 30s] [--operator-arg=--flag ...] [--floor-rounds 1]`: the scale benchmark (see
+//! [--short-lifetime 30s] [--operator-arg=--flag ...]`: the scale benchmark (see
 //! tests/support/scale.rs). Against a real cluster: `E2E_KUBECONFIG=path cargo bench ...`.
 
 #[path = "../tests/support/scale.rs"]
@@ -30,7 +30,6 @@ fn main() {
             "--short-lifetime" => options.short_lifetime = duration(value()),
             "--idle" => options.idle = duration(value()),
             "--operator-arg" => options.operator_args.push(value()),
-            "--floor-rounds" => options.floor_rounds = value().parse().expect("a number"),
             "--quiet" => options.verbose = false,
             // cargo bench passes --bench; a filter argument may follow.
             _ => {}

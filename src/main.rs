@@ -99,12 +99,6 @@ struct RunArgs {
     /// second on two cores.
     #[arg(long, default_value_t = controller::DEFAULT_MAX_CONCURRENT_RECONCILES, value_parser = clap::value_parser!(u16).range(1..))]
     max_concurrent_reconciles: u16,
-    /// HTTP version spoken to the Kubernetes API server: `2` offers HTTP/2 (one connection
-    /// carries the watches and every request in flight, as with client-go) and falls back to
-    /// HTTP/1.1 where the server does not agree, over plain http:// and through a proxy; `1.1`
-    /// opens a connection per request in flight.
-    #[arg(long, default_value_t = apiclient::DEFAULT_HTTP_VERSIONS)]
-    kube_api_http_version: apiclient::HttpVersions,
     /// Requests per minute to one token-endpoint origin (scheme, host, port), across all
     /// OAuthTokens, unless they declare `spec.tokenEndpointBudget`.
     #[arg(long, default_value_t = controller::DEFAULT_TOKEN_ENDPOINT_BUDGET.per_minute, value_parser = clap::value_parser!(u32).range(1..))]
@@ -178,14 +172,13 @@ async fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let client =
-        match apiclient::counted_client(config, metrics.clone(), args.kube_api_http_version) {
-            Ok(client) => client,
-            Err(error) => {
-                error!(%error, "could not configure the Kubernetes client");
-                return ExitCode::FAILURE;
-            }
-        };
+    let client = match apiclient::counted_client(config, metrics.clone()) {
+        Ok(client) => client,
+        Err(error) => {
+            error!(%error, "could not configure the Kubernetes client");
+            return ExitCode::FAILURE;
+        }
+    };
     let pod_name = std::env::var("POD_NAME").ok();
     let reporter = Reporter {
         controller: "oauth-token-operator".to_string(),

@@ -33,7 +33,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Config, Resource, ResourceExt};
 use kube_test_apiserver::{Options as ServerOptions, TestApiServer};
 use oauth_token_operator::api::{OAuthToken, OAuthTokenStatus, OWNER_LABEL};
-use oauth_token_operator::apiclient::{self, HttpVersions};
+use oauth_token_operator::apiclient;
+use oauth_token_operator::metrics::Metrics;
 use serde_json::json;
 
 const CRD_YAML: &str = include_str!("../../crds/oauthtoken.yaml");
@@ -54,9 +55,6 @@ pub struct Options {
     pub idle: Duration,
     /// Extra flags for `oauth-token-operator run`.
     pub operator_args: Vec<String>,
-    /// Rounds of the bare writer, each with HTTP/1.1 and HTTP/2 (in turn first), to tell the
-    /// two apart on a noisy machine.
-    pub floor_rounds: usize,
     /// Print progress lines.
     pub verbose: bool,
 }
@@ -70,7 +68,6 @@ impl Default for Options {
             sustain: Duration::from_secs(60),
             idle: Duration::from_secs(10),
             operator_args: Vec::new(),
-            floor_rounds: 1,
             verbose: true,
         }
     }
@@ -587,23 +584,8 @@ pub const REPLAYED_WRITES: [&str; 5] = [
     "create events",
 ];
 
-/// One run of the bare writer.
-#[derive(Clone, Debug, Default)]
-pub struct FloorRun {
-    /// The HTTP versions its client offered: "HTTP/1.1" or "HTTP/2".
-    pub offered: &'static str,
-    /// The HTTP versions the API server's answers came in.
-    pub spoken: Vec<String>,
-    /// From its first write to its last answer.
-    pub time: Duration,
-    /// Its requests, counted by its client as the operator counts its own.
-    pub api: ApiCounts,
-    /// Whether the operator offered the same versions: the floor of the ratio.
-    pub operators: bool,
-}
-
 /// The bare writer: the operator's cold-start writes, replayed against the same API server at
-/// the same concurrency with nothing else running.
+/// the same concurrency, with the operator's client stack, with nothing else running.
 #[derive(Clone, Debug, Default)]
 pub struct FloorReport {
     /// Writers at once: the operator's `--max-concurrent-reconciles`.
@@ -612,19 +594,14 @@ pub struct FloorReport {
     pub plan: BTreeMap<String, f64>,
     /// Writes of the operator's cold start of a kind the floor does not replay.
     pub not_replayed: BTreeMap<String, f64>,
-    pub runs: Vec<FloorRun>,
+    /// From its first write to its last answer.
+    pub time: Duration,
+    /// Its requests, counted by its client as the operator counts its own.
+    pub api: ApiCounts,
 }
 
 impl FloorReport {
-    /// The runs with the operator's HTTP version: the floor its cold start is divided by.
-    pub fn operators(&self) -> impl Iterator<Item = &FloorRun> {
-        self.runs.iter().filter(|run| run.operators)
-    }
-
     fn print(&self, cold_start: Duration, n: f64) {
-        if self.runs.is_empty() {
-            return;
-        }
         let per_token: Vec<String> = REPLAYED_WRITES
             .iter()
             .filter_map(|kind| {
@@ -633,9 +610,12 @@ impl FloorReport {
             })
             .collect();
         let total: f64 = self.plan.values().sum();
+        let time = self.time.as_secs_f64().max(0.001);
         println!(
-            "  floor: a bare writer replaying the cold start's writes at concurrency {}",
-            self.concurrency
+            "  floor: a bare writer replaying the cold start's writes at concurrency {}: {:.1} s, {:.0} writes/s",
+            self.concurrency,
+            self.time.as_secs_f64(),
+            self.api.writes() / time
         );
         println!(
             "    writes per token replayed: {} ({:.2} in all)",
@@ -645,37 +625,10 @@ impl FloorReport {
         if !self.not_replayed.is_empty() {
             println!("    not replayed: {:?}", self.not_replayed);
         }
-        for run in &self.runs {
-            println!(
-                "    {} offered ({} spoken): {:.1} s, {:.0} writes/s; cold start / floor {:.2}{}",
-                run.offered,
-                run.spoken.join(", "),
-                run.time.as_secs_f64(),
-                run.api.writes() / run.time.as_secs_f64().max(0.001),
-                cold_start.as_secs_f64() / run.time.as_secs_f64().max(0.001),
-                if run.operators {
-                    " (the operator's HTTP version)"
-                } else {
-                    ""
-                }
-            );
-        }
-        if self.runs.len() > 2 {
-            for offered in ["HTTP/1.1", "HTTP/2"] {
-                let times: Vec<f64> = self
-                    .runs
-                    .iter()
-                    .filter(|run| run.offered == offered)
-                    .map(|run| run.time.as_secs_f64())
-                    .collect();
-                let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
-                println!(
-                    "    {offered} offered, mean of {}: {mean:.1} s; cold start / floor {:.2}",
-                    times.len(),
-                    cold_start.as_secs_f64() / mean.max(0.001)
-                );
-            }
-        }
+        println!(
+            "    cold start / floor: {:.2}",
+            cold_start.as_secs_f64() / time
+        );
     }
 }
 
@@ -866,64 +819,29 @@ async fn replay_token(
     Ok(())
 }
 
-/// The bare writer's client: the operator's stack (`apiclient::client_builder`) from the same
-/// kubeconfig, with its requests counted and the HTTP versions of the answers noted.
-async fn floor_client(
-    kubeconfig: &PathBuf,
-    versions: HttpVersions,
-) -> (
-    Client,
-    Arc<Mutex<ApiCounts>>,
-    Arc<Mutex<std::collections::BTreeSet<String>>>,
-) {
+/// The bare writer's client: the operator's (`apiclient::counted_client`, its counting layer
+/// included) from the same kubeconfig, counting into metrics of its own.
+async fn floor_client(kubeconfig: &PathBuf) -> (Client, Arc<Metrics>) {
     let config = Config::from_custom_kubeconfig(
         Kubeconfig::read_from(kubeconfig).unwrap(),
         &KubeConfigOptions::default(),
     )
     .await
     .unwrap();
-    let counts = Arc::new(Mutex::new(ApiCounts::default()));
-    let spoken = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
-    let counted = counts.clone();
-    let counting =
-        tower::util::MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
-            let labels = apiclient::classify(request.method(), request.uri());
-            let mut counts = counted.lock().unwrap();
-            *counts.by_verb.entry(labels.verb.to_string()).or_default() += 1.0;
-            *counts
-                .by_verb_and_resource
-                .entry(format!("{} {}", labels.verb, labels.resource))
-                .or_default() += 1.0;
-            request
-        });
-    let heard = spoken.clone();
-    let versions_heard = tower::util::MapResponseLayer::new(
-        move |response: http::Response<Box<kube::client::DynBody>>| {
-            heard
-                .lock()
-                .unwrap()
-                .insert(format!("{:?}", response.version()));
-            response
-        },
-    );
-    let client = apiclient::client_builder(config, versions)
-        .unwrap()
-        .with_layer(&versions_heard)
-        .with_layer(&counting)
-        .build();
-    (client, counts, spoken)
+    let metrics = Arc::new(Metrics::default());
+    let client = apiclient::counted_client(config, metrics.clone()).unwrap();
+    (client, metrics)
 }
 
 /// Replays `plan` (writes by `verb resource` for `opts.tokens` OAuthTokens) on fresh
-/// OAuthTokens in namespaces of its own; returns the run and those namespaces.
+/// OAuthTokens in namespaces of its own; returns its time, its requests and those namespaces.
 async fn floor_run(
     cluster: &Cluster,
     opts: &Options,
     shapes: &[Shapes],
     plan: &BTreeMap<String, f64>,
     concurrency: usize,
-    versions: HttpVersions,
-) -> (FloorRun, Vec<String>) {
+) -> (Duration, ApiCounts, Vec<String>) {
     // Setup, not timed (as the OAuthTokens' creation is not part of the cold start): the
     // namespaces and the OAuthTokens.
     let setup = Instant::now();
@@ -1003,11 +921,11 @@ async fn floor_run(
 
     if opts.verbose {
         eprintln!(
-            "[bench] floor: {n} OAuthTokens of its own created in {:.1} s; writing with HTTP/{versions} offered",
+            "[bench] floor: {n} OAuthTokens of its own created in {:.1} s; writing",
             setup.elapsed().as_secs_f64()
         );
     }
-    let (client, api_counts, spoken) = floor_client(&cluster.kubeconfig, versions).await;
+    let (client, metrics) = floor_client(&cluster.kubeconfig).await;
     let work = Arc::new((tokens, counts, Mutex::new(states), shapes.to_vec()));
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
@@ -1041,25 +959,11 @@ async fn floor_run(
         worker.await.expect("a floor writer finishes");
     }
     let time = started.elapsed();
-    let api = api_counts.lock().unwrap().clone();
-    let spoken = spoken.lock().unwrap().iter().cloned().collect();
-    (
-        FloorRun {
-            offered: match versions {
-                HttpVersions::Http1 => "HTTP/1.1",
-                HttpVersions::Http2 => "HTTP/2",
-            },
-            spoken,
-            time,
-            api,
-            operators: false,
-        },
-        namespaces,
-    )
+    (time, parse_api_counts(&metrics.encode()), namespaces)
 }
 
-/// The bare writer, after the operator has stopped: its cold-start writes, with HTTP/1.1 and
-/// with HTTP/2 offered; returns the report and the namespaces it made.
+/// The bare writer, after the operator has stopped: its cold-start writes; returns the report
+/// and the namespaces it made.
 async fn floor(
     cluster: &Cluster,
     opts: &Options,
@@ -1069,9 +973,6 @@ async fn floor(
     let concurrency = operator_flag(&opts.operator_args, "--max-concurrent-reconciles")
         .map(|v| v.parse().expect("--max-concurrent-reconciles is a number"))
         .unwrap_or(oauth_token_operator::controller::DEFAULT_MAX_CONCURRENT_RECONCILES as usize);
-    let operators = operator_flag(&opts.operator_args, "--kube-api-http-version")
-        .map(|v| v.parse().expect("--kube-api-http-version is 1.1 or 2"))
-        .unwrap_or(apiclient::DEFAULT_HTTP_VERSIONS);
     let mut report = FloorReport {
         concurrency,
         ..FloorReport::default()
@@ -1087,21 +988,9 @@ async fn floor(
             report.not_replayed.insert(kind.clone(), *count);
         }
     }
-    let mut namespaces = Vec::new();
-    let rounds = (0..opts.floor_rounds.max(1)).flat_map(|round| {
-        if round % 2 == 0 {
-            [HttpVersions::Http1, HttpVersions::Http2]
-        } else {
-            [HttpVersions::Http2, HttpVersions::Http1]
-        }
-    });
-    for versions in rounds {
-        let (mut run, made) =
-            floor_run(cluster, opts, shapes, &report.plan, concurrency, versions).await;
-        run.operators = versions == operators;
-        namespaces.extend(made);
-        report.runs.push(run);
-    }
+    let (time, api, namespaces) = floor_run(cluster, opts, shapes, &report.plan, concurrency).await;
+    report.time = time;
+    report.api = api;
     (report, namespaces)
 }
 
@@ -1423,15 +1312,8 @@ pub async fn run(opts: Options) -> Report {
     // The bare writer, with the operator stopped: nothing else writes or watches.
     log("floor: replaying the cold start's writes".to_string());
     let (floor, floor_namespaces) = floor(&cluster, &opts, &shapes, &report.cold_start_api).await;
+    log(format!("floor: {:.1} s", floor.time.as_secs_f64()));
     report.floor = floor;
-    for run in &report.floor.runs {
-        log(format!(
-            "floor, {} offered ({} spoken): {:.1} s",
-            run.offered,
-            run.spoken.join(", "),
-            run.time.as_secs_f64()
-        ));
-    }
     if cluster.real {
         let api: Api<Namespace> = Api::all(cluster.client.clone());
         for namespace in namespaces.iter().chain(&floor_namespaces) {
