@@ -1,6 +1,12 @@
 //! The Kubernetes client the operator uses: kube's default stack plus a layer that counts every
 //! request by verb and resource, so the API cost of the operator is visible in production and
 //! measurable by the benchmark on any cluster.
+//!
+//! kube's stack speaks HTTP/1.1 only, a connection per request in flight. HTTP/2 (offered by
+//! ALPN, one connection for every request, as client-go does) was built from kube's public parts
+//! and measured with the benchmark's bare writer on a real kube-apiserver: it did not make the
+//! writes any faster (the API server and etcd are the limit), and its code made the binary
+//! 2.6 MB and its RSS 1.6 MiB larger.
 
 use std::sync::Arc;
 

@@ -1,6 +1,7 @@
 //! A small run of the scale benchmark (`cargo bench --bench scale`), checking the API cost
 //! (counts, never times): no API request and no token request while idle or after a restart, no
-//! read per refresh, and no refresh token presented twice.
+//! read per refresh, no refresh token presented twice, and a bare writer that replays exactly
+//! the cold start's writes.
 
 #[path = "support/scale.rs"]
 mod scale;
@@ -76,4 +77,33 @@ async fn api_cost_at_the_floor_for_300_tokens() {
         "no refresh token presented twice"
     );
     assert_eq!(report.rejected_requests, 0);
+
+    // The bare writer replays exactly the cold start's writes, kind by kind, and nothing else.
+    let floor = &report.floor;
+    assert!(
+        floor.not_replayed.is_empty(),
+        "the cold start made writes the floor does not replay: {:?}",
+        floor.not_replayed
+    );
+    assert_eq!(floor.concurrency, 32);
+    let cold = &report.cold_start_api;
+    assert_eq!(
+        floor.plan.values().sum::<f64>(),
+        cold.writes(),
+        "the floor replays every write: {cold:?}"
+    );
+    for kind in scale::REPLAYED_WRITES {
+        let (verb, resource) = kind.split_once(' ').unwrap();
+        assert_eq!(
+            floor.api.of(verb, resource),
+            cold.of(verb, resource),
+            "{kind}: the floor made as many as the cold start"
+        );
+    }
+    assert_eq!(
+        floor.api.point_requests(),
+        floor.api.writes(),
+        "the floor only writes: {:?}",
+        floor.api
+    );
 }

@@ -23,14 +23,18 @@ use axum::response::IntoResponse;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Config, ResourceExt};
+use kube::{Api, Client, Config, Resource, ResourceExt};
 use kube_test_apiserver::{Options as ServerOptions, TestApiServer};
-use oauth_token_operator::api::OAuthToken;
+use oauth_token_operator::api::{OAuthToken, OAuthTokenStatus, OWNER_LABEL};
+use oauth_token_operator::apiclient;
+use oauth_token_operator::metrics::Metrics;
 use serde_json::json;
 
 const CRD_YAML: &str = include_str!("../../crds/oauthtoken.yaml");
@@ -158,6 +162,8 @@ pub struct Report {
     pub reused_refresh_tokens: u64,
     pub rejected_requests: u64,
     pub shutdown: Duration,
+    /// The bare writer: the operator's cold-start writes replayed with nothing else.
+    pub floor: FloorReport,
 }
 
 impl Report {
@@ -218,6 +224,7 @@ impl Report {
             "  shutdown after SIGTERM: {:.1} s",
             self.shutdown.as_secs_f64()
         );
+        self.floor.print(self.cold_start, n);
     }
 }
 
@@ -564,6 +571,429 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index.min(sorted.len() - 1)]
 }
 
+// --- the floor: a bare writer ------------------------------------------------------------------
+
+/// The kinds of writes the bare writer replays, by `verb resource`, in the order one reconcile
+/// makes them: the state Secret (created, then replaced under its resourceVersion), the token
+/// Secret (server-side apply), the status (merge patch), the Events.
+pub const REPLAYED_WRITES: [&str; 5] = [
+    "create secrets",
+    "update secrets",
+    "patch secrets",
+    "patch oauthtokens/status",
+    "create events",
+];
+
+/// The bare writer: the operator's cold-start writes, replayed against the same API server at
+/// the same concurrency, with the operator's client stack, with nothing else running.
+#[derive(Clone, Debug, Default)]
+pub struct FloorReport {
+    /// Writers at once: the operator's `--max-concurrent-reconciles`.
+    pub concurrency: usize,
+    /// The writes replayed, by `verb resource`: those of the operator's cold start.
+    pub plan: BTreeMap<String, f64>,
+    /// Writes of the operator's cold start of a kind the floor does not replay.
+    pub not_replayed: BTreeMap<String, f64>,
+    /// From its first write to its last answer.
+    pub time: Duration,
+    /// Its requests, counted by its client as the operator counts its own.
+    pub api: ApiCounts,
+}
+
+impl FloorReport {
+    fn print(&self, cold_start: Duration, n: f64) {
+        let per_token: Vec<String> = REPLAYED_WRITES
+            .iter()
+            .filter_map(|kind| {
+                let count = self.plan.get(*kind)?;
+                Some(format!("{kind} {:.2}", count / n.max(1.0)))
+            })
+            .collect();
+        let total: f64 = self.plan.values().sum();
+        let time = self.time.as_secs_f64().max(0.001);
+        println!(
+            "  floor: a bare writer replaying the cold start's writes at concurrency {}: {:.1} s, {:.0} writes/s",
+            self.concurrency,
+            self.time.as_secs_f64(),
+            self.api.writes() / time
+        );
+        println!(
+            "    writes per token replayed: {} ({:.2} in all)",
+            per_token.join(", "),
+            total / n.max(1.0)
+        );
+        if !self.not_replayed.is_empty() {
+            println!("    not replayed: {:?}", self.not_replayed);
+        }
+        println!(
+            "    cold start / floor: {:.2}",
+            cold_start.as_secs_f64() / time
+        );
+    }
+}
+
+/// The last value of an operator flag in `args` (`--flag=value` or `--flag value`): the
+/// operator keeps the last one too.
+fn operator_flag(args: &[String], flag: &str) -> Option<String> {
+    let mut found = None;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        if let Some(value) = arg.strip_prefix(flag).and_then(|r| r.strip_prefix('=')) {
+            found = Some(value.to_string());
+        } else if arg == flag {
+            found = args.next().cloned();
+        }
+    }
+    found
+}
+
+/// What the operator wrote for one OAuthToken at its cold start, read back: the shapes and
+/// sizes the bare writer writes.
+#[derive(Clone)]
+struct Shapes {
+    spec: serde_json::Value,
+    status: OAuthTokenStatus,
+    state: Secret,
+    target: Secret,
+}
+
+async fn read_shapes(client: &Client, namespace: &str, name: &str) -> Shapes {
+    let tokens: Api<OAuthToken> = Api::namespaced(client.clone(), namespace);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let token = tokens.get(name).await.expect("the OAuthToken is there");
+    Shapes {
+        spec: serde_json::to_value(&token.spec).unwrap(),
+        status: token.status.clone().expect("the operator wrote a status"),
+        state: secrets
+            .get(&token.state_secret_name())
+            .await
+            .expect("the operator wrote a state Secret"),
+        target: secrets
+            .get(&token.target_secret_name())
+            .await
+            .expect("the operator wrote a token Secret"),
+    }
+}
+
+/// `data` with one byte of its longest value changed by `k` (none when `k` is 0), so that a
+/// repeated write of the same object is a real change of the same size.
+fn vary(
+    data: &Option<BTreeMap<String, ByteString>>,
+    k: usize,
+) -> Option<BTreeMap<String, ByteString>> {
+    let mut data = data.clone()?;
+    if k > 0
+        && let Some(value) = data.values_mut().max_by_key(|v| v.0.len())
+        && let Some(last) = value.0.last_mut()
+    {
+        *last ^= (k % 255) as u8 + 1;
+    }
+    Some(data)
+}
+
+/// A Secret of `template`'s shape owned by `token`, as the operator writes its own.
+fn owned_secret(template: &Secret, token: &OAuthToken, name: &str, k: usize) -> Secret {
+    let mut labels = template.metadata.labels.clone().unwrap_or_default();
+    if let Some(owner) = labels.get_mut(OWNER_LABEL) {
+        *owner = token.name_any();
+    }
+    Secret {
+        metadata: kube::core::ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: token.namespace(),
+            labels: Some(labels),
+            owner_references: token.controller_owner_ref(&()).map(|r| vec![r]),
+            ..Default::default()
+        },
+        data: vary(&template.data, k),
+        type_: template.type_.clone(),
+        ..Secret::default()
+    }
+}
+
+/// How many writes of a kind token `i` of `n` makes when `total` are spread over them.
+fn share(total: f64, i: usize, n: usize) -> usize {
+    let total = total.round().max(0.0) as usize;
+    total * (i + 1) / n.max(1) - total * i / n.max(1)
+}
+
+/// One OAuthToken's writes, in the operator's order.
+async fn replay_token(
+    client: &Client,
+    token: &OAuthToken,
+    shapes: &Shapes,
+    counts: &[(&str, usize)],
+    mut state: Option<Secret>,
+) -> Result<(), kube::Error> {
+    let namespace = token.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let tokens: Api<OAuthToken> = Api::namespaced(client.clone(), &namespace);
+    let state_name = token.state_secret_name();
+    for (kind, count) in counts {
+        for k in 0..*count {
+            match *kind {
+                "create secrets" => {
+                    let name = if k == 0 {
+                        state_name.clone()
+                    } else {
+                        format!("{state_name}-{k}")
+                    };
+                    let secret = owned_secret(&shapes.state, token, &name, 0);
+                    let written = secrets.create(&PostParams::default(), &secret).await?;
+                    if k == 0 {
+                        state = Some(written);
+                    }
+                }
+                "update secrets" => {
+                    let current = state.as_ref().expect("a state Secret to replace");
+                    let mut secret = owned_secret(&shapes.state, token, &state_name, k + 1);
+                    secret.metadata.resource_version = current.resource_version();
+                    state = Some(
+                        secrets
+                            .replace(&state_name, &PostParams::default(), &secret)
+                            .await?,
+                    );
+                }
+                "patch secrets" => {
+                    let name = token.target_secret_name();
+                    let secret = owned_secret(&shapes.target, token, &name, k);
+                    secrets
+                        .patch(
+                            &name,
+                            &PatchParams::apply(
+                                oauth_token_operator::controller::secrets::FIELD_MANAGER,
+                            )
+                            .force(),
+                            &Patch::Apply(&secret),
+                        )
+                        .await?;
+                }
+                "patch oauthtokens/status" => {
+                    let mut status = shapes.status.clone();
+                    if k > 0 {
+                        status.next_refresh_at = status
+                            .next_refresh_at
+                            .map(|at| at + chrono::TimeDelta::seconds(k as i64));
+                    }
+                    tokens
+                        .patch_status(
+                            &token.name_any(),
+                            &PatchParams::default(),
+                            &Patch::Merge(oauth_token_operator::controller::status::merge_patch(
+                                &status,
+                            )),
+                        )
+                        .await?;
+                }
+                "create events" => {
+                    let (reason, note) = if k == 0 {
+                        ("TokenIssued", "Obtained the first access token")
+                    } else {
+                        (
+                            "RefreshTokenImported",
+                            "Imported a new refresh token from the import Secret",
+                        )
+                    };
+                    // A fresh Recorder for each Event, as the operator does.
+                    let reporter = Reporter {
+                        controller: "oauth-token-operator".to_string(),
+                        instance: None,
+                    };
+                    Recorder::new(client.clone(), reporter)
+                        .publish(
+                            &KubeEvent {
+                                type_: EventType::Normal,
+                                reason: reason.to_string(),
+                                note: Some(note.to_string()),
+                                action: "Reconcile".to_string(),
+                                secondary: None,
+                            },
+                            &token.object_ref(&()),
+                        )
+                        .await?;
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The bare writer's client: the operator's (`apiclient::counted_client`, its counting layer
+/// included) from the same kubeconfig, counting into metrics of its own.
+async fn floor_client(kubeconfig: &PathBuf) -> (Client, Arc<Metrics>) {
+    let config = Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(kubeconfig).unwrap(),
+        &KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let client = apiclient::counted_client(config, metrics.clone()).unwrap();
+    (client, metrics)
+}
+
+/// Replays `plan` (writes by `verb resource` for `opts.tokens` OAuthTokens) on fresh
+/// OAuthTokens in namespaces of its own; returns its time, its requests and those namespaces.
+async fn floor_run(
+    cluster: &Cluster,
+    opts: &Options,
+    shapes: &[Shapes],
+    plan: &BTreeMap<String, f64>,
+    concurrency: usize,
+) -> (Duration, ApiCounts, Vec<String>) {
+    // Setup, not timed (as the OAuthTokens' creation is not part of the cold start): the
+    // namespaces and the OAuthTokens.
+    let setup = Instant::now();
+    let run = format!("{:05}", rand::random::<u32>() % 100_000);
+    let n = opts.tokens;
+    let per_namespace = opts.per_namespace.max(1);
+    let namespaces: Vec<String> = (0..n.div_ceil(per_namespace))
+        .map(|k| format!("floor-{run}-{k}"))
+        .collect();
+    let api: Api<Namespace> = Api::all(cluster.client.clone());
+    for namespace in &namespaces {
+        api.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    let tokens: Vec<OAuthToken> = futures::stream::iter(0..n)
+        .map(|i| {
+            let tokens: Api<OAuthToken> =
+                Api::namespaced(cluster.client.clone(), &namespaces[i / per_namespace]);
+            let spec = shapes[i % shapes.len()].spec.clone();
+            async move {
+                let token: OAuthToken = serde_json::from_value(json!({
+                    "apiVersion": "oauth-token-operator.io/v1alpha1", "kind": "OAuthToken",
+                    "metadata": {"name": format!("t-{i}")},
+                    "spec": spec,
+                }))
+                .unwrap();
+                tokens.create(&PostParams::default(), &token).await
+            }
+        })
+        .buffered(32)
+        .try_collect()
+        .await
+        .expect("the floor's OAuthTokens are created");
+    let kinds: Vec<&str> = REPLAYED_WRITES
+        .iter()
+        .copied()
+        .filter(|kind| plan.contains_key(*kind))
+        .collect();
+    let counts: Vec<Vec<(&str, usize)>> = (0..n)
+        .map(|i| {
+            kinds
+                .iter()
+                .map(|kind| (*kind, share(plan[*kind], i, n)))
+                .collect()
+        })
+        .collect();
+    // A token that replaces its state Secret without creating it finds one made beforehand.
+    let mut states: Vec<Option<Secret>> = vec![None; n];
+    for (i, token) in tokens.iter().enumerate() {
+        let count = |kind: &str| {
+            counts[i]
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .map_or(0, |(_, c)| *c)
+        };
+        if count("update secrets") > 0 && count("create secrets") == 0 {
+            let secrets: Api<Secret> =
+                Api::namespaced(cluster.client.clone(), &token.namespace().unwrap());
+            let secret = owned_secret(
+                &shapes[i % shapes.len()].state,
+                token,
+                &token.state_secret_name(),
+                0,
+            );
+            states[i] = Some(
+                secrets
+                    .create(&PostParams::default(), &secret)
+                    .await
+                    .expect("a state Secret is created"),
+            );
+        }
+    }
+
+    if opts.verbose {
+        eprintln!(
+            "[bench] floor: {n} OAuthTokens of its own created in {:.1} s; writing",
+            setup.elapsed().as_secs_f64()
+        );
+    }
+    let (client, metrics) = floor_client(&cluster.kubeconfig).await;
+    let work = Arc::new((tokens, counts, Mutex::new(states), shapes.to_vec()));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let work = work.clone();
+            let next = next.clone();
+            let client = client.clone();
+            tokio::spawn(async move {
+                let (tokens, counts, states, shapes) = &*work;
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= tokens.len() {
+                        return;
+                    }
+                    let state = states.lock().unwrap()[i].take();
+                    replay_token(
+                        &client,
+                        &tokens[i],
+                        &shapes[i % shapes.len()],
+                        &counts[i],
+                        state,
+                    )
+                    .await
+                    .expect("a floor write succeeds");
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.expect("a floor writer finishes");
+    }
+    let time = started.elapsed();
+    (time, parse_api_counts(&metrics.encode()), namespaces)
+}
+
+/// The bare writer, after the operator has stopped: its cold-start writes; returns the report
+/// and the namespaces it made.
+async fn floor(
+    cluster: &Cluster,
+    opts: &Options,
+    shapes: &[Shapes],
+    cold_start_api: &ApiCounts,
+) -> (FloorReport, Vec<String>) {
+    let concurrency = operator_flag(&opts.operator_args, "--max-concurrent-reconciles")
+        .map(|v| v.parse().expect("--max-concurrent-reconciles is a number"))
+        .unwrap_or(oauth_token_operator::controller::DEFAULT_MAX_CONCURRENT_RECONCILES as usize);
+    let mut report = FloorReport {
+        concurrency,
+        ..FloorReport::default()
+    };
+    for (kind, count) in &cold_start_api.by_verb_and_resource {
+        let verb = kind.split(' ').next().unwrap_or_default();
+        if !["create", "update", "patch", "delete", "deletecollection"].contains(&verb) {
+            continue;
+        }
+        if REPLAYED_WRITES.contains(&kind.as_str()) {
+            report.plan.insert(kind.clone(), *count);
+        } else {
+            report.not_replayed.insert(kind.clone(), *count);
+        }
+    }
+    let (time, api, namespaces) = floor_run(cluster, opts, shapes, &report.plan, concurrency).await;
+    report.time = time;
+    report.api = api;
+    (report, namespaces)
+}
+
 // --- the run ------------------------------------------------------------------------------------
 
 struct Cluster {
@@ -803,6 +1233,11 @@ pub async fn run(opts: Options) -> Report {
     report.peak_rss_kib = peak.max(operator.rss_kib().1);
     report.cold_start_api = operator.api_counts().await;
     report.cold_start_token_requests = endpoint.requests();
+    // What the operator wrote for one OAuthToken of each grant: the bare writer's shapes.
+    let shapes = vec![
+        read_shapes(&cluster.client, &namespaces[0], "t-0").await,
+        read_shapes(&cluster.client, &namespaces[0], "t-1").await,
+    ];
 
     // Idle.
     let before = (operator.api_counts().await, endpoint.requests());
@@ -873,9 +1308,15 @@ pub async fn run(opts: Options) -> Report {
 
     report.shutdown = operator.stop();
     watch.abort();
+
+    // The bare writer, with the operator stopped: nothing else writes or watches.
+    log("floor: replaying the cold start's writes".to_string());
+    let (floor, floor_namespaces) = floor(&cluster, &opts, &shapes, &report.cold_start_api).await;
+    log(format!("floor: {:.1} s", floor.time.as_secs_f64()));
+    report.floor = floor;
     if cluster.real {
         let api: Api<Namespace> = Api::all(cluster.client.clone());
-        for namespace in &namespaces {
+        for namespace in namespaces.iter().chain(&floor_namespaces) {
             let _ = api.delete(namespace, &DeleteParams::default()).await;
         }
     }
