@@ -152,6 +152,8 @@ pub struct Report {
     pub restart_token_requests: u64,
     pub restart_peak_rss_kib: u64,
     pub sustained_refreshes: u64,
+    /// Of those, refreshes of rotating refresh tokens (the others are client credentials).
+    pub sustained_rotating_refreshes: u64,
     pub sustained_window: Duration,
     pub sustained_api: ApiCounts,
     pub sustained_rss_kib: u64,
@@ -237,6 +239,8 @@ impl Report {
 pub struct Endpoint {
     lifetime_secs: AtomicU64,
     requests: AtomicU64,
+    /// Requests of the refresh-token grant.
+    rotating: AtomicU64,
     reused: AtomicU64,
     rejected: AtomicU64,
     /// Client id → generation of the current refresh token.
@@ -322,6 +326,7 @@ async fn token(
     match form.get("grant_type").map(String::as_str) {
         Some("client_credentials") => {}
         Some("refresh_token") => {
+            endpoint.rotating.fetch_add(1, Ordering::SeqCst);
             let presented = form.get("refresh_token").cloned().unwrap_or_default();
             let mut chains = endpoint.chains.lock().unwrap();
             let generation = chains.entry(client.clone()).or_insert(0);
@@ -657,17 +662,27 @@ struct Shapes {
     target: Secret,
 }
 
-async fn read_shapes(client: &Client, namespace: &str, name: &str) -> Shapes {
+/// `state` is the state Secret to use for a grant that keeps none (client credentials), whose
+/// bare writes replay the cold start's state writes all the same (spread over every token).
+async fn read_shapes(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    state: Option<&Secret>,
+) -> Shapes {
     let tokens: Api<OAuthToken> = Api::namespaced(client.clone(), namespace);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let token = tokens.get(name).await.expect("the OAuthToken is there");
+    let own_state = secrets
+        .get_opt(&token.state_secret_name())
+        .await
+        .expect("the state Secret can be read");
     Shapes {
         spec: serde_json::to_value(&token.spec).unwrap(),
         status: token.status.clone().expect("the operator wrote a status"),
-        state: secrets
-            .get(&token.state_secret_name())
-            .await
-            .expect("the operator wrote a state Secret"),
+        state: own_state
+            .or_else(|| state.cloned())
+            .expect("a rotating chain's state Secret"),
         target: secrets
             .get(&token.target_secret_name())
             .await
@@ -1234,9 +1249,16 @@ pub async fn run(opts: Options) -> Report {
     report.cold_start_api = operator.api_counts().await;
     report.cold_start_token_requests = endpoint.requests();
     // What the operator wrote for one OAuthToken of each grant: the bare writer's shapes.
+    let rotating = read_shapes(&cluster.client, &namespaces[0], "t-1", None).await;
     let shapes = vec![
-        read_shapes(&cluster.client, &namespaces[0], "t-0").await,
-        read_shapes(&cluster.client, &namespaces[0], "t-1").await,
+        read_shapes(
+            &cluster.client,
+            &namespaces[0],
+            "t-0",
+            Some(&rotating.state),
+        )
+        .await,
+        rotating,
     ];
 
     // Idle.
@@ -1288,11 +1310,14 @@ pub async fn run(opts: Options) -> Report {
     let window_start = SystemTime::now();
     let counts_before = operator.api_counts().await;
     let requests_before = endpoint.requests();
+    let rotating_before = endpoint.rotating.load(Ordering::SeqCst);
     let measured = Instant::now();
     tokio::time::sleep(opts.sustain).await;
     report.sustained_window = measured.elapsed();
     report.sustained_api = operator.api_counts().await.since(&counts_before);
     report.sustained_refreshes = endpoint.requests() - requests_before;
+    report.sustained_rotating_refreshes =
+        endpoint.rotating.load(Ordering::SeqCst) - rotating_before;
     report.sustained_rss_kib = operator.rss_kib().0;
     let mut lateness = observer.lateness(&endpoint.arrivals_since(window_start));
     lateness.sort();

@@ -363,23 +363,29 @@ pub async fn refresh(
         input = match output {
             Output::Write(next) => match store.write(&next).await {
                 Ok(stored) => Input::Stored(stored),
-                Err(WriteError::Conflict) => Input::Conflict,
+                Err(WriteError::Conflict) => {
+                    debug!("the state Secret changed since it was read");
+                    Input::Conflict
+                }
                 Err(WriteError::Failed(error)) => {
                     warn!(%error, "writing the state Secret failed");
                     api_error = Some(error);
                     Input::Failed
                 }
             },
-            Output::Reload => match store.reload().await {
-                Ok(fresh) => Input::Reloaded(fresh),
-                Err(error) => {
-                    if let Some(error) = &error {
-                        warn!(%error, "reading the state Secret failed");
+            Output::Reload => {
+                debug!("reading the state Secret afresh");
+                match store.reload().await {
+                    Ok(fresh) => Input::Reloaded(fresh),
+                    Err(error) => {
+                        if let Some(error) = &error {
+                            warn!(%error, "reading the state Secret failed");
+                        }
+                        api_error = error.or(api_error);
+                        Input::Failed
                     }
-                    api_error = error.or(api_error);
-                    Input::Failed
                 }
-            },
+            }
             Output::RecordImport(fingerprint) => {
                 if requests.record_import(&fingerprint).await {
                     Input::ImportRecorded
