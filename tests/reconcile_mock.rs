@@ -13,11 +13,16 @@ use http::Method;
 use kube::runtime::events::Reporter;
 use oauth_token_operator::api::OAuthToken;
 use oauth_token_operator::controller::{Context, reconcile};
-use oauth_token_operator::oauth::{ClientOptions, TokenClient};
+use oauth_token_operator::oauth::{
+    AuthMethod, ClientCredentials, ClientOptions, FailureKind, GrantRequest, Issued, OAuthError,
+    TokenClient, TokenRequest,
+};
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use support::fake_token::{Answer, FakeTokenEndpoint};
 use support::mock_kube::{MockApi, NS, secret_path, token_path};
 
+const CLIENT_ID: &str = "allegro-app";
 const CLIENT_SECRET: &str = "client-secret-value-9f8e7d";
 
 fn b64(value: &str) -> String {
@@ -47,7 +52,12 @@ impl Fixture {
 
     /// `spec_overrides` are merged into the default spec.
     async fn with_spec(expires_in: Option<u64>, spec_overrides: Value) -> Fixture {
-        let endpoint = FakeTokenEndpoint::start(expires_in).await;
+        // The provider knows the fixture's client and the refresh token of its authorization.
+        let endpoint = FakeTokenEndpoint::provider(CLIENT_ID, CLIENT_SECRET)
+            .grant("rt-0")
+            .expires_in(expires_in)
+            .start()
+            .await;
         let api = MockApi::default();
         let token = json!({
             "apiVersion": "oauth-token-operator.io/v1alpha1",
@@ -65,12 +75,7 @@ impl Fixture {
             token["spec"][key] = value.clone();
         }
         api.put(&token_path("allegro"), token.clone());
-        api.put(
-            &secret_path("allegro-client"),
-            json!({"apiVersion": "v1", "kind": "Secret",
-                   "metadata": {"name": "allegro-client", "namespace": NS},
-                   "data": {"client_id": b64("allegro-app"), "client_secret": b64(CLIENT_SECRET)}}),
-        );
+        put_client_secret(&api, CLIENT_SECRET);
         api.put(
             &secret_path("allegro-authorization"),
             json!({"apiVersion": "v1", "kind": "Secret",
@@ -138,8 +143,10 @@ impl Fixture {
             .to_string()
     }
 
-    /// A human puts a new refresh token in the import Secret.
+    /// A human authorizes again (the provider issues `refresh_token`) and puts the new refresh
+    /// token in the import Secret.
     fn reauthorize(&self, refresh_token: &str) {
+        self.endpoint.authorize(refresh_token);
         self.api.put(
             &secret_path("allegro-authorization"),
             json!({"apiVersion": "v1", "kind": "Secret",
@@ -208,6 +215,16 @@ impl Fixture {
             assert!(!text.contains("rt-should-not-leak"));
         }
     }
+}
+
+/// The client Secret the fixture's OAuthToken reads its credentials from.
+fn put_client_secret(api: &MockApi, client_secret: &str) {
+    api.put(
+        &secret_path("allegro-client"),
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "allegro-client", "namespace": NS},
+               "data": {"client_id": b64(CLIENT_ID), "client_secret": b64(client_secret)}}),
+    );
 }
 
 /// When a reconcile asked to be run again (kube's `Action` tells it only in its Debug form).
@@ -627,7 +644,11 @@ async fn a_deleted_state_secret_never_reimports_a_used_refresh_token() {
 async fn the_chain_is_only_sent_where_it_came_from() {
     let f = Fixture::new(Some(3600)).await;
     f.reconcile().await.unwrap();
-    let elsewhere = FakeTokenEndpoint::start(Some(3600)).await;
+    let elsewhere = FakeTokenEndpoint::provider(CLIENT_ID, CLIENT_SECRET)
+        .grant("rt-1")
+        .expires_in(Some(3600))
+        .start()
+        .await;
     f.edit_spec(json!({"tokenEndpoint": elsewhere.url}));
     f.make_due();
     f.reconcile().await.unwrap();
@@ -781,11 +802,8 @@ async fn invalid_grant_asks_for_reauthorization_without_a_retry_storm() {
 #[tokio::test]
 async fn invalid_client_has_its_own_reason() {
     let f = Fixture::new(Some(3600)).await;
-    f.endpoint.then(Answer::Fail {
-        status: 401,
-        error: Some("invalid_client"),
-        retry_after: None,
-    });
+    // The client Secret holds a secret the provider does not know.
+    put_client_secret(&f.api, "not-the-client-secret");
     f.reconcile().await.unwrap();
     assert_eq!(
         f.condition("Ready"),
@@ -795,7 +813,24 @@ async fn invalid_client_has_its_own_reason() {
         f.condition("ReauthorizationRequired"),
         ("False".into(), "Authorized".into())
     );
+    assert_eq!(f.endpoint.rejected_credentials(), 1);
+    assert!(
+        f.endpoint.accepts("rt-0"),
+        "the provider refused the client before it looked at the refresh token"
+    );
     f.assert_no_secret_leaks();
+    for request in f.api.log() {
+        assert!(!request.body.to_string().contains("not-the-client-secret"));
+    }
+
+    // The client secret is put right: the same refresh token is accepted.
+    put_client_secret(&f.api, CLIENT_SECRET);
+    f.make_due();
+    f.reconcile().await.unwrap();
+    assert_eq!(f.condition("Ready"), ("True".into(), "TokenValid".into()));
+    assert_eq!(f.endpoint.presented(), vec!["rt-0", "rt-0"]);
+    assert_eq!(f.state_data("refresh_token").as_deref(), Some("rt-1"));
+    assert_eq!(f.endpoint.rejected_credentials(), 1);
 }
 
 #[tokio::test]
@@ -1055,4 +1090,159 @@ async fn invalid_grant_for_an_expired_refresh_token_says_so() {
     );
     assert_eq!(f.status()["refreshTokenExpiresAt"], "2020-01-01T00:00:00Z");
     f.assert_no_secret_leaks();
+}
+
+/// One refresh-token grant at `endpoint`, as the operator's token client sends it.
+async fn present(
+    endpoint: &url::Url,
+    client: &ClientCredentials,
+    refresh_token: &str,
+) -> Result<Issued, OAuthError> {
+    let tokens = TokenClient::new(ClientOptions {
+        timeout: Duration::from_secs(5),
+        allow_insecure_http: true,
+        ..ClientOptions::default()
+    })
+    .unwrap();
+    let refresh_token = SecretString::from(refresh_token.to_string());
+    let extra = std::collections::BTreeMap::new();
+    tokens
+        .request(&TokenRequest {
+            endpoint,
+            client,
+            grant: GrantRequest::RefreshToken(&refresh_token),
+            scopes: &[],
+            audience: None,
+            extra_parameters: &extra,
+        })
+        .await
+}
+
+fn client(method: AuthMethod, client_id: &str, client_secret: Option<&str>) -> ClientCredentials {
+    ClientCredentials {
+        method,
+        client_id: client_id.to_string(),
+        client_secret: client_secret.map(|s| SecretString::from(s.to_string())),
+    }
+}
+
+fn rotated_to(issued: Result<Issued, OAuthError>) -> String {
+    issued
+        .unwrap()
+        .refresh_token
+        .expect("a rotated refresh token")
+        .expose_secret()
+        .to_string()
+}
+
+fn failure_kind(issued: Result<Issued, OAuthError>) -> FailureKind {
+    issued.map(|_| ()).unwrap_err().kind()
+}
+
+/// The fake provider the tests above rely on behaves like a real one: it authenticates the
+/// client, rotates, and answers a reuse by revoking the whole grant.
+#[tokio::test]
+async fn the_fake_provider_authenticates_the_client_and_detects_reuse() {
+    let endpoint = FakeTokenEndpoint::provider(CLIENT_ID, CLIENT_SECRET)
+        .grant("rt-0")
+        .expires_in(Some(60))
+        .start()
+        .await;
+    let url = url::Url::parse(&endpoint.url).unwrap();
+    let basic = client(
+        AuthMethod::ClientSecretBasic,
+        CLIENT_ID,
+        Some(CLIENT_SECRET),
+    );
+    let post = client(AuthMethod::ClientSecretPost, CLIENT_ID, Some(CLIENT_SECRET));
+
+    // Wrong credentials, whichever way they come, and no credentials at all.
+    for wrong in [
+        client(AuthMethod::ClientSecretBasic, CLIENT_ID, Some("wrong")),
+        client(AuthMethod::ClientSecretPost, CLIENT_ID, Some("wrong")),
+        client(
+            AuthMethod::ClientSecretBasic,
+            "another-app",
+            Some(CLIENT_SECRET),
+        ),
+        client(
+            AuthMethod::ClientSecretPost,
+            "another-app",
+            Some(CLIENT_SECRET),
+        ),
+        client(AuthMethod::None, CLIENT_ID, None),
+    ] {
+        let answer = present(&url, &wrong, "rt-0").await;
+        assert_eq!(
+            failure_kind(answer),
+            FailureKind::InvalidClient,
+            "{wrong:?}"
+        );
+    }
+    assert_eq!(endpoint.rejected_credentials(), 5);
+    assert!(endpoint.rotated().is_empty(), "nothing was processed");
+    assert!(endpoint.accepts("rt-0"));
+
+    // Both methods work; every refresh rotates.
+    assert_eq!(rotated_to(present(&url, &basic, "rt-0").await), "rt-1");
+    assert_eq!(rotated_to(present(&url, &post, "rt-1").await), "rt-2");
+    assert_eq!(endpoint.rotated(), vec!["rt-0", "rt-1"]);
+    assert!(!endpoint.accepts("rt-0") && endpoint.accepts("rt-2"));
+
+    // A used refresh token again: reuse. The whole grant is revoked, the newest token included.
+    let reuse = present(&url, &basic, "rt-0").await;
+    assert_eq!(failure_kind(reuse), FailureKind::ReauthorizationRequired);
+    assert_eq!(endpoint.reuses(), vec!["rt-0"]);
+    let newest = present(&url, &basic, "rt-2").await;
+    assert_eq!(failure_kind(newest), FailureKind::ReauthorizationRequired);
+    assert!(!endpoint.accepts("rt-2"));
+    // A token it never issued.
+    let forged = present(&url, &basic, "rt-forged").await;
+    assert_eq!(failure_kind(forged), FailureKind::ReauthorizationRequired);
+    assert_eq!(endpoint.invalid_grants(), 3);
+    assert_eq!(endpoint.reuses(), vec!["rt-0"], "one reuse, one revocation");
+
+    // A new authorization is a new grant, untouched by the revoked one.
+    endpoint.authorize("rt-new");
+    assert_eq!(rotated_to(present(&url, &post, "rt-new").await), "rt-3");
+
+    // Scripted faults do not touch the token state: a Fail or a request held and failed before
+    // it reached the provider leaves rt-3 valid; a slow answer was processed all the same.
+    endpoint.then(Answer::Fail {
+        status: 503,
+        error: None,
+        retry_after: None,
+    });
+    assert_eq!(
+        failure_kind(present(&url, &basic, "rt-3").await),
+        FailureKind::Transient
+    );
+    endpoint.then(Answer::Hang(Duration::from_millis(10)));
+    assert_eq!(
+        failure_kind(present(&url, &basic, "rt-3").await),
+        FailureKind::Transient
+    );
+    assert!(endpoint.accepts("rt-3"));
+    endpoint.then(Answer::Slow(Duration::from_millis(10)));
+    assert_eq!(rotated_to(present(&url, &basic, "rt-3").await), "rt-4");
+    assert_eq!(
+        endpoint.presented(),
+        vec![
+            "rt-0",
+            "rt-0",
+            "rt-0",
+            "rt-0",
+            "rt-0",
+            "rt-0",
+            "rt-1",
+            "rt-0",
+            "rt-2",
+            "rt-forged",
+            "rt-new",
+            "rt-3",
+            "rt-3",
+            "rt-3"
+        ]
+    );
+    assert_eq!(endpoint.rejected_credentials(), 5);
 }
