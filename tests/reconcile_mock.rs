@@ -556,19 +556,55 @@ async fn a_live_claim_of_another_process_is_waited_out() {
     }
 }
 
+/// The claim in the state Secret as it was last written with one (the commit removes it).
+fn last_claim(f: &Fixture) -> Value {
+    let claim = f
+        .api
+        .log()
+        .into_iter()
+        .filter(|r| {
+            // The state Secret's create (POST to the collection) or replace (PUT).
+            let create = r.method == Method::POST && r.path.ends_with("/secrets");
+            create || (r.method == Method::PUT && r.path.ends_with("/allegro-oauth-state"))
+        })
+        .filter_map(|r| r.body["data"]["claim"].as_str().map(|c| unb64(&json!(c))))
+        .next_back()
+        .expect("a claim was written");
+    serde_json::from_str(&claim).unwrap()
+}
+
 #[tokio::test]
 async fn a_lost_answer_allows_one_more_presentation_never_two() {
     let f = Fixture::new(Some(3600)).await;
-    // The fixture's request timeout is 2 s: both answers come too late.
+    // The fixture's request timeout is 2 s: both answers come too late. The provider processed
+    // the first all the same: it rotated rt-0, and the operator never saw rt-1.
     f.endpoint.then(Answer::Slow(Duration::from_secs(3)));
     f.endpoint.then(Answer::Slow(Duration::from_secs(3)));
     f.reconcile().await.unwrap();
     let claim: Value = serde_json::from_str(&f.state_data("claim").unwrap()).unwrap();
     assert_eq!(claim["lost"], true);
     assert_eq!(claim["attempt"], 1);
+    assert_eq!(f.endpoint.rotated(), vec!["rt-0"]);
+    assert_eq!(
+        f.condition("Ready"),
+        ("False".into(), "RefreshFailing".into()),
+        "nothing was published yet"
+    );
     f.make_due();
     f.reconcile().await.unwrap();
     assert_eq!(f.endpoint.presented(), vec!["rt-0", "rt-0"]);
+    // The one more presentation was a reuse: the provider revoked the grant (the rt-1 it had
+    // issued included), and that answer was lost too.
+    assert_eq!(f.endpoint.reuses(), vec!["rt-0"]);
+    assert!(!f.endpoint.accepts("rt-1"));
+    assert_eq!(last_claim(&f)["attempt"], 2);
+    assert_ne!(f.condition("Ready").0, "True");
+    // The next reconcile, due or not, says the chain is dead.
+    f.reconcile().await.unwrap();
+    assert_eq!(
+        f.condition("ReauthorizationRequired"),
+        ("True".into(), "AnswerLost".into())
+    );
     for _ in 0..3 {
         f.make_due();
         f.reconcile().await.unwrap();
@@ -588,27 +624,109 @@ async fn a_lost_answer_allows_one_more_presentation_never_two() {
 #[tokio::test]
 async fn invalid_grant_after_a_lost_answer_says_so() {
     let f = Fixture::new(Some(3600)).await;
-    f.endpoint.then(Answer::Slow(Duration::from_secs(3)));
-    f.endpoint.then(Answer::Fail {
-        status: 400,
-        error: Some("invalid_grant"),
-        retry_after: None,
-    });
     f.reconcile().await.unwrap();
+    let published = f.api.get(&secret_path("allegro-token")).unwrap();
+    // A routine refresh whose answer is lost: the provider rotated rt-1 to rt-2.
+    f.make_due();
+    f.endpoint.then(Answer::Slow(Duration::from_secs(3)));
+    f.reconcile().await.unwrap();
+    assert_eq!(f.endpoint.rotated(), vec!["rt-0", "rt-1"]);
+    assert_eq!(
+        f.condition("Ready"),
+        ("Unknown".into(), "RefreshUnconfirmed".into()),
+        "the provider may have rotated, and some revoke the published token when they do"
+    );
+    assert_eq!(
+        f.condition("ReauthorizationRequired"),
+        ("False".into(), "Authorized".into())
+    );
+    let claim: Value = serde_json::from_str(&f.state_data("claim").unwrap()).unwrap();
+    assert_eq!(
+        (claim["lost"].clone(), claim["attempt"].clone()),
+        (json!(true), json!(1))
+    );
+    assert_eq!(f.state_data("refresh_token").as_deref(), Some("rt-1"));
+    assert_eq!(
+        f.api.get(&secret_path("allegro-token")).unwrap()["data"],
+        published["data"],
+        "the published token stays"
+    );
+
+    // The one more presentation of rt-1 is a reuse: invalid_grant, and the provider revoked the
+    // whole grant, rt-2 that the operator never saw included.
     f.make_due();
     f.reconcile().await.unwrap();
+    assert_eq!(f.endpoint.presented(), vec!["rt-0", "rt-1", "rt-1"]);
+    assert_eq!(f.endpoint.reuses(), vec!["rt-1"]);
+    assert!(!f.endpoint.accepts("rt-2"));
+    assert_eq!(last_claim(&f)["attempt"], 2);
     assert_eq!(
         f.condition("ReauthorizationRequired"),
         ("True".into(), "InvalidGrant".into())
     );
+    assert_eq!(
+        f.condition("Ready"),
+        ("False".into(), "InvalidGrant".into())
+    );
     let message = f.condition_message("ReauthorizationRequired");
     assert!(message.contains("was lost"), "{message}");
+    f.make_due();
     f.reconcile().await.unwrap();
     assert!(
         f.condition_message("ReauthorizationRequired")
             .contains("was lost")
     );
-    assert_eq!(f.endpoint.requests(), 2);
+    assert_eq!(f.endpoint.requests(), 3);
+    f.assert_no_secret_leaks();
+}
+
+#[tokio::test]
+async fn a_request_lost_before_it_reached_the_provider_is_presented_once_more_and_the_chain_goes_on()
+ {
+    let f = Fixture::new(Some(3600)).await;
+    f.reconcile().await.unwrap();
+    // A routine refresh whose request is held up on the way and never processed: nothing
+    // rotated, but the operator cannot know that.
+    f.make_due();
+    f.endpoint.then(Answer::Hang(Duration::from_secs(3)));
+    f.reconcile().await.unwrap();
+    assert_eq!(f.endpoint.rotated(), vec!["rt-0"]);
+    assert_eq!(
+        f.condition("Ready"),
+        ("Unknown".into(), "RefreshUnconfirmed".into())
+    );
+    let claim: Value = serde_json::from_str(&f.state_data("claim").unwrap()).unwrap();
+    assert_eq!(
+        (claim["lost"].clone(), claim["attempt"].clone()),
+        (json!(true), json!(1))
+    );
+
+    // The one more presentation reaches the provider: rt-1 was still valid, the chain goes on.
+    f.make_due();
+    f.reconcile().await.unwrap();
+    assert_eq!(f.endpoint.presented(), vec!["rt-0", "rt-1", "rt-1"]);
+    assert_eq!(last_claim(&f)["attempt"], 2);
+    assert!(f.endpoint.reuses().is_empty());
+    assert_eq!(f.state_data("refresh_token").as_deref(), Some("rt-2"));
+    assert_eq!(f.state_data("claim"), None);
+    assert_eq!(f.condition("Ready"), ("True".into(), "TokenValid".into()));
+    assert_eq!(
+        f.condition("ReauthorizationRequired"),
+        ("False".into(), "Authorized".into())
+    );
+    assert_eq!(
+        unb64(&f.api.get(&secret_path("allegro-token")).unwrap()["data"]["access_token"]),
+        "at-2"
+    );
+
+    // A later refresh is a first presentation again.
+    f.make_due();
+    f.reconcile().await.unwrap();
+    assert_eq!(f.endpoint.presented(), vec!["rt-0", "rt-1", "rt-1", "rt-2"]);
+    assert_eq!(last_claim(&f)["attempt"], 1);
+    assert_eq!(f.state_data("refresh_token").as_deref(), Some("rt-3"));
+    assert!(f.endpoint.reuses().is_empty());
+    f.assert_no_secret_leaks();
 }
 
 #[tokio::test]
