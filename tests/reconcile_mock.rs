@@ -528,34 +528,6 @@ async fn a_newer_token_stored_by_someone_else_is_never_overwritten() {
     f.assert_no_secret_leaks();
 }
 
-#[tokio::test]
-async fn a_live_claim_of_another_process_is_waited_out() {
-    // A hand-edited claim with an absurd lifetime is waited out too, without a panic.
-    for ttl in [60, u64::MAX] {
-        let f = Fixture::new(Some(3600)).await;
-        f.api.put(
-            &secret_path("allegro-oauth-state"),
-            json!({"apiVersion": "v1", "kind": "Secret",
-                   "metadata": {"name": "allegro-oauth-state", "namespace": NS,
-                                "ownerReferences": [owner()]},
-                   "data": {"refresh_token": b64("rt-0"),
-                            "imported_refresh_token_sha256": b64(&sha256("rt-0")),
-                            "claim": b64(&json!({"holder": "other-pod/1", "fingerprint": sha256("rt-0"),
-                                                  "ttlSeconds": ttl, "attempt": 1}).to_string())}}),
-        );
-        for _ in 0..3 {
-            let action = f.reconcile().await.unwrap();
-            let wait = format!("{action:?}");
-            assert!(wait.contains("requeue_after: Some("), "{wait}");
-        }
-        assert_eq!(
-            f.endpoint.requests(),
-            0,
-            "never two presentations in flight"
-        );
-    }
-}
-
 /// The claim in the state Secret as it was last written with one (the commit removes it).
 fn last_claim(f: &Fixture) -> Value {
     let claim = f
@@ -571,6 +543,101 @@ fn last_claim(f: &Fixture) -> Value {
         .next_back()
         .expect("a claim was written");
     serde_json::from_str(&claim).unwrap()
+}
+
+/// Lets `elapsed` pass on the tokio clock, which is the operator's monotonic clock, at once.
+/// The wall clock stays where it is.
+async fn elapse(elapsed: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(elapsed).await;
+    tokio::time::resume();
+}
+
+#[tokio::test]
+async fn a_live_claim_of_another_process_is_waited_out() {
+    // 12 s is the claim a process with the fixture's settings writes (its 2 s request timeout
+    // plus 10 s to commit); a longer one and an absurd hand-edited lifetime are waited out too,
+    // without a panic.
+    for ttl in [12, 60, u64::MAX] {
+        let f = Fixture::new(Some(3600)).await;
+        let foreign = "other-pod/1f2e3d4c/7";
+        f.api.put(
+            &secret_path("allegro-oauth-state"),
+            json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "allegro-oauth-state", "namespace": NS,
+                                "ownerReferences": [owner()]},
+                   "data": {"refresh_token": b64("rt-0"),
+                            "imported_refresh_token_sha256": b64(&sha256("rt-0")),
+                            "claim": b64(&json!({"id": foreign, "holder": "other-pod/1f2e3d4c",
+                                                  "fingerprint": sha256("rt-0"),
+                                                  "ttlSeconds": ttl, "attempt": 1}).to_string())}}),
+        );
+        // Counted on this process's clock from when it first saw the claim; a reconcile asks to
+        // be run again after an hour at most, and status says a day at most.
+        let mut elapsed = 0;
+        for step in [0, 5, 5] {
+            elapse(Duration::from_secs(step)).await;
+            elapsed += step;
+            let before = Utc::now();
+            let action = f.reconcile().await.unwrap();
+            let left = ttl.saturating_sub(elapsed);
+            let wait = requeue_after(&action).unwrap();
+            let expected = Duration::from_secs(left.min(3600));
+            assert!(
+                wait <= expected + Duration::from_millis(100)
+                    && wait + Duration::from_secs(1) >= expected,
+                "claim of {ttl} s, seen {elapsed} s ago: requeue after {wait:?}"
+            );
+            let next = time(&f.status()["nextRefreshAt"]);
+            let expected_next = before + chrono::TimeDelta::seconds(left.min(86_400) as i64);
+            assert!(
+                (next - expected_next).num_seconds().abs() <= 1,
+                "claim of {ttl} s, seen {elapsed} s ago: nextRefreshAt {next}"
+            );
+            // Status tells nothing that is not so: no token, no failure, no dead chain.
+            let status = f.status();
+            for condition in status["conditions"].as_array().into_iter().flatten() {
+                assert_ne!(condition["status"], "True", "{status}");
+            }
+            assert!(
+                status["failedAttempts"].as_u64().unwrap_or(0) == 0,
+                "{status}"
+            );
+            assert!(status["expiresAt"].is_null(), "{status}");
+            assert_eq!(
+                f.endpoint.requests(),
+                0,
+                "never two presentations in flight"
+            );
+            assert!(
+                f.api.writes().iter().all(|w| w.ends_with("/status")),
+                "the other process's claim is left alone: {:?}",
+                f.api.writes()
+            );
+        }
+        if ttl == u64::MAX {
+            elapse(Duration::from_secs(86_400)).await;
+            f.reconcile().await.unwrap();
+            assert_eq!(f.endpoint.requests(), 0);
+            continue;
+        }
+
+        // The claim ran out on this process's clock and its holder stored nothing: the token
+        // is presented once more, exactly once.
+        elapse(Duration::from_secs(ttl - elapsed)).await;
+        f.reconcile().await.unwrap();
+        assert_eq!(f.endpoint.presented(), vec!["rt-0"]);
+        let claim = last_claim(&f);
+        assert_eq!(claim["attempt"], 2, "the one more presentation: {claim}");
+        assert_eq!(claim["holder"], f.ctx.fencing.holder());
+        assert_ne!(claim["id"], foreign);
+        assert_eq!(f.state_data("refresh_token").as_deref(), Some("rt-1"));
+        assert_eq!(f.condition("Ready"), ("True".into(), "TokenValid".into()));
+        for _ in 0..3 {
+            f.reconcile().await.unwrap();
+        }
+        assert_eq!(f.endpoint.requests(), 1);
+    }
 }
 
 #[tokio::test]
@@ -903,6 +970,21 @@ async fn invalid_grant_asks_for_reauthorization_without_a_retry_storm() {
         f.reconcile().await.unwrap();
     }
     assert_eq!(f.endpoint.requests(), 1, "no retry storm");
+    assert_eq!(
+        f.state_data("rejected_refresh_token_sha256"),
+        Some(sha256("rt-0")),
+        "the rejection is recorded with the chain"
+    );
+    // Past the backoff too: the rejected token itself is never presented again.
+    for _ in 0..3 {
+        f.make_due();
+        f.reconcile().await.unwrap();
+        assert_eq!(
+            f.condition("ReauthorizationRequired"),
+            ("True".into(), "InvalidGrant".into())
+        );
+    }
+    assert_eq!(f.endpoint.presented(), vec!["rt-0"]);
 
     // A human re-authorizes: the new refresh token is imported and used at once.
     f.reauthorize("rt-new");
@@ -1207,6 +1289,16 @@ async fn invalid_grant_for_an_expired_refresh_token_says_so() {
         "{message}"
     );
     assert_eq!(f.status()["refreshTokenExpiresAt"], "2020-01-01T00:00:00Z");
+    // Past the backoff: the rejected token is not presented again.
+    for _ in 0..3 {
+        f.make_due();
+        f.reconcile().await.unwrap();
+    }
+    assert_eq!(f.endpoint.presented(), vec!["rt-0", "rt-1"]);
+    assert_eq!(
+        f.condition("ReauthorizationRequired"),
+        ("True".into(), "InvalidGrant".into())
+    );
     f.assert_no_secret_leaks();
 }
 
