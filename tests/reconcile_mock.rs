@@ -492,20 +492,19 @@ async fn a_conflicting_commit_on_the_same_chain_is_repeated_on_the_fresh_version
 #[tokio::test]
 async fn a_newer_token_stored_by_someone_else_is_never_overwritten() {
     let f = Fixture::new(Some(3600)).await;
-    f.endpoint.then(Answer::Slow(Duration::from_millis(400)));
-    let racing = {
-        let api = f.api.clone();
-        tokio::spawn(async move {
-            // While our request is in flight, another process commits its own successor.
-            tokio::time::sleep(Duration::from_millis(150)).await;
-            let mut state = api.get(&secret_path("allegro-oauth-state")).unwrap();
-            state["data"]["refresh_token"] = json!(b64("rt-theirs"));
-            state["data"].as_object_mut().unwrap().remove("claim");
-            api.put(&secret_path("allegro-oauth-state"), state);
-        })
+    // The provider answers only when the test says so.
+    f.endpoint.then(Answer::Held);
+    let racing = async {
+        // While our request is in flight, another process commits its own successor.
+        f.endpoint.wait_for_requests(1).await;
+        let mut state = f.api.get(&secret_path("allegro-oauth-state")).unwrap();
+        state["data"]["refresh_token"] = json!(b64("rt-theirs"));
+        state["data"].as_object_mut().unwrap().remove("claim");
+        f.api.put(&secret_path("allegro-oauth-state"), state);
+        f.endpoint.release();
     };
-    f.reconcile().await.unwrap();
-    racing.await.unwrap();
+    let (reconciled, ()) = tokio::join!(f.reconcile(), racing);
+    reconciled.unwrap();
     assert_eq!(f.endpoint.presented(), vec!["rt-0"]);
     assert_eq!(
         f.state_data("refresh_token").as_deref(),
@@ -1058,18 +1057,11 @@ async fn retry_after_is_honoured_and_kept_in_status() {
 
 #[tokio::test]
 async fn a_failed_refresh_keeps_the_still_valid_token_published() {
-    // Refresh one second after issuance while the token has half a minute left.
+    // The refresh is due while the token has most of its half minute left.
     let f = Fixture::with_spec(Some(30), json!({"refreshBeforePercentage": 99})).await;
     f.reconcile().await.unwrap();
     let published = f.api.get(&secret_path("allegro-token")).unwrap();
-    let next = time(&f.status()["nextRefreshAt"]);
-    tokio::time::sleep(
-        (next - Utc::now())
-            .to_std()
-            .unwrap_or_default()
-            .max(Duration::from_millis(50)),
-    )
-    .await;
+    f.make_due();
     f.endpoint.then(Answer::Fail {
         status: 500,
         error: None,
