@@ -20,7 +20,7 @@ use oauth_token_operator::oauth::{
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use support::fake_token::{Answer, FakeTokenEndpoint};
-use support::mock_kube::{MockApi, NS, secret_path, token_path};
+use support::mock_kube::{MockApi, NS, Watches, secret_path, token_path};
 
 const CLIENT_ID: &str = "allegro-app";
 const CLIENT_SECRET: &str = "client-secret-value-9f8e7d";
@@ -38,11 +38,28 @@ fn unb64(value: &Value) -> String {
     .unwrap()
 }
 
+/// Where a reconcile reads the OAuthToken and the Secrets from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Caching {
+    /// No caches registered: every read goes to the API.
+    None,
+    /// Watch caches (a registered `Scope`) that catch up before every reconcile, as the watches
+    /// do between the events that start reconciles.
+    Watch,
+    /// Watch caches that lag: after their first list they deliver only the user's edits the
+    /// fixture makes (`make_due`, `reauthorize`, `edit_spec`) and what a test delivers
+    /// ([`Fixture::deliver_all`]). This process's own writes are known only from its own-write
+    /// overlay, and other processes' writes not at all.
+    Lagging,
+}
+
 struct Fixture {
     api: MockApi,
     ctx: Arc<Context>,
     endpoint: FakeTokenEndpoint,
     token: Arc<OAuthToken>,
+    caching: Caching,
+    watches: Option<Watches>,
 }
 
 impl Fixture {
@@ -52,6 +69,14 @@ impl Fixture {
 
     /// `spec_overrides` are merged into the default spec.
     async fn with_spec(expires_in: Option<u64>, spec_overrides: Value) -> Fixture {
+        Fixture::build(expires_in, spec_overrides, Caching::None).await
+    }
+
+    async fn with_caching(expires_in: Option<u64>, caching: Caching) -> Fixture {
+        Fixture::build(expires_in, json!({}), caching).await
+    }
+
+    async fn build(expires_in: Option<u64>, spec_overrides: Value, caching: Caching) -> Fixture {
         // The provider knows the fixture's client and the refresh token of its authorization.
         let endpoint = FakeTokenEndpoint::provider(CLIENT_ID, CLIENT_SECRET)
             .grant("rt-0")
@@ -82,30 +107,45 @@ impl Fixture {
                    "metadata": {"name": "allegro-authorization", "namespace": NS},
                    "data": {"refresh_token": b64("rt-0")}}),
         );
-        let tokens = TokenClient::new(ClientOptions {
-            timeout: Duration::from_secs(2),
-            allow_insecure_http: true,
-            ..ClientOptions::default()
-        })
-        .unwrap();
-        let mut ctx = Context::new(
-            api.client(),
-            tokens,
-            Reporter {
-                controller: "oauth-token-operator".into(),
-                instance: None,
-            },
-        );
-        ctx.jitter = || 0.0;
+        let ctx = Arc::new(context(&api));
+        // The watches list once before the first reconcile, as in the controller.
+        let watches = (caching != Caching::None).then(|| Watches::start(&api, ctx.clone()));
         Fixture {
             api,
-            ctx: Arc::new(ctx),
+            ctx,
             endpoint,
             token: Arc::new(serde_json::from_value(token).unwrap()),
+            caching,
+            watches,
+        }
+    }
+
+    /// Another operator process on the same API and provider, without caches (a replica, or
+    /// this one restarted).
+    fn other_process(&self) -> Arc<Context> {
+        Arc::new(context(&self.api))
+    }
+
+    /// Every watch catches up with the API.
+    fn deliver_all(&self) {
+        if let Some(watches) = &self.watches {
+            watches.deliver_all();
+        }
+    }
+
+    /// A user's edit of these objects reaches the caches before the reconcile it starts.
+    fn user_edited(&self, paths: &[String]) {
+        if let Some(watches) = &self.watches {
+            for path in paths {
+                watches.deliver(path);
+            }
         }
     }
 
     async fn reconcile(&self) -> Result<kube::runtime::controller::Action, String> {
+        if self.caching == Caching::Watch {
+            self.deliver_all();
+        }
         reconcile(self.token.clone(), self.ctx.clone())
             .await
             .map_err(|e| e.to_string())
@@ -153,6 +193,7 @@ impl Fixture {
                    "metadata": {"name": "allegro-authorization", "namespace": NS},
                    "data": {"refresh_token": b64(refresh_token)}}),
         );
+        self.user_edited(&[secret_path("allegro-authorization")]);
     }
 
     /// Moves every scheduled attempt into the past, as if time had passed.
@@ -163,13 +204,16 @@ impl Fixture {
             token["status"]["nextRefreshAt"] = json!("2020-01-01T00:00:00Z");
         }
         self.api.put(&path, token);
+        let mut edited = vec![path];
         let state_path = secret_path("allegro-oauth-state");
         if let Some(mut state) = self.api.get(&state_path)
             && state["data"].get("refresh_at").is_some()
         {
             state["data"]["refresh_at"] = json!(b64("2020-01-01T00:00:00Z"));
             self.api.put(&state_path, state);
+            edited.push(state_path);
         }
+        self.user_edited(&edited);
     }
 
     /// Edits the stored OAuthToken's spec, as `kubectl edit` would.
@@ -182,6 +226,7 @@ impl Fixture {
         let generation = token["metadata"]["generation"].as_i64().unwrap_or(1);
         token["metadata"]["generation"] = json!(generation + 1);
         self.api.put(&path, token);
+        self.user_edited(&[path]);
     }
 
     fn state_data(&self, key: &str) -> Option<String> {
@@ -215,6 +260,51 @@ impl Fixture {
             assert!(!text.contains("rt-should-not-leak"));
         }
     }
+}
+
+/// An operator process's context on `api`: the fixture's 2 s request timeout, no jitter.
+fn context(api: &MockApi) -> Context {
+    let tokens = TokenClient::new(ClientOptions {
+        timeout: Duration::from_secs(2),
+        allow_insecure_http: true,
+        ..ClientOptions::default()
+    })
+    .unwrap();
+    let mut ctx = Context::new(
+        api.client(),
+        tokens,
+        Reporter {
+            controller: "oauth-token-operator".into(),
+            instance: None,
+        },
+    );
+    ctx.jitter = || 0.0;
+    ctx
+}
+
+/// Runs a scenario (an `async fn(Caching)`) against the API without caches, through watch
+/// caches that caught up, and through caches that lag behind this process's own writes.
+macro_rules! in_every_cache_mode {
+    ($scenario:ident) => {
+        mod $scenario {
+            use super::Caching;
+
+            #[tokio::test]
+            async fn without_caches() {
+                super::$scenario(Caching::None).await
+            }
+
+            #[tokio::test]
+            async fn with_caches() {
+                super::$scenario(Caching::Watch).await
+            }
+
+            #[tokio::test]
+            async fn with_lagging_caches() {
+                super::$scenario(Caching::Lagging).await
+            }
+        }
+    };
 }
 
 /// The client Secret the fixture's OAuthToken reads its credentials from.
@@ -255,12 +345,32 @@ fn time(value: &Value) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
-#[tokio::test]
-async fn first_reconcile_persists_the_rotated_refresh_token_before_publishing() {
-    let f = Fixture::new(Some(3600)).await;
+in_every_cache_mode!(first_reconcile_persists_the_rotated_refresh_token_before_publishing);
+async fn first_reconcile_persists_the_rotated_refresh_token_before_publishing(caching: Caching) {
+    let f = Fixture::with_caching(Some(3600), caching).await;
     let action = f.reconcile().await.unwrap();
 
     assert_eq!(f.endpoint.presented(), vec!["rt-0"]);
+    assert_eq!(f.endpoint.rotated(), vec!["rt-0"]);
+    assert_eq!(f.endpoint.rejected_credentials(), 0);
+    if caching != Caching::None {
+        // The OAuthToken and the operator's Secrets come from the caches; only the data of the
+        // user's Secrets is read, once.
+        let reads: Vec<String> = f
+            .api
+            .log()
+            .into_iter()
+            .filter(|r| r.method == Method::GET)
+            .map(|r| r.path)
+            .collect();
+        assert_eq!(
+            reads,
+            vec![
+                secret_path("allegro-client"),
+                secret_path("allegro-authorization")
+            ]
+        );
+    }
     assert_eq!(
         f.api.writes(),
         vec![
@@ -295,6 +405,11 @@ async fn first_reconcile_persists_the_rotated_refresh_token_before_publishing() 
     assert!(
         !claim["id"].as_str().unwrap_or_default().is_empty(),
         "every claim has an id of its own"
+    );
+    assert_eq!(claim["holder"], f.ctx.fencing.holder());
+    assert_eq!(
+        claim["ttlSeconds"], 12,
+        "the request timeout (2 s) plus 10 s to commit the answer"
     );
     assert!(
         !writes[2].body["metadata"]["resourceVersion"].is_null(),
@@ -355,9 +470,9 @@ async fn first_reconcile_persists_the_rotated_refresh_token_before_publishing() 
     f.assert_no_secret_leaks();
 }
 
-#[tokio::test]
-async fn nothing_changed_means_no_writes_and_no_token_request() {
-    let f = Fixture::new(Some(3600)).await;
+in_every_cache_mode!(nothing_changed_means_no_writes_and_no_token_request);
+async fn nothing_changed_means_no_writes_and_no_token_request(caching: Caching) {
+    let f = Fixture::with_caching(Some(3600), caching).await;
     f.reconcile().await.unwrap();
     f.api.clear_log();
     f.reconcile().await.unwrap();
@@ -365,6 +480,15 @@ async fn nothing_changed_means_no_writes_and_no_token_request() {
     assert_eq!(f.api.writes(), Vec::<String>::new());
     assert!(f.api.events().is_empty());
     assert_eq!(f.endpoint.requests(), 1);
+    if caching != Caching::None {
+        // Everything comes from the caches (or, lagging, from this process's own writes): not
+        // one request to the API.
+        assert!(
+            f.api.log().is_empty(),
+            "{:?}",
+            f.api.log().iter().map(|r| &r.path).collect::<Vec<_>>()
+        );
+    }
 }
 
 #[tokio::test]
@@ -404,9 +528,11 @@ async fn a_foreign_target_secret_is_never_overwritten() {
     assert_eq!(f.api.events(), vec!["Warning SecretConflict"]);
 }
 
-#[tokio::test]
-async fn a_failed_state_write_keeps_the_new_refresh_token_and_never_reuses_the_old_one() {
-    let f = Fixture::new(Some(3600)).await;
+in_every_cache_mode!(a_failed_state_write_keeps_the_new_refresh_token_and_never_reuses_the_old_one);
+async fn a_failed_state_write_keeps_the_new_refresh_token_and_never_reuses_the_old_one(
+    caching: Caching,
+) {
+    let f = Fixture::with_caching(Some(3600), caching).await;
     // The import and the claim are stored (one create); storing the rotated token fails.
     f.api
         .fail_next(Method::PUT, "/secrets/allegro-oauth-state", 500);
@@ -452,9 +578,9 @@ async fn a_failed_state_write_keeps_the_new_refresh_token_and_never_reuses_the_o
     assert_eq!(f.condition("Ready"), ("True".into(), "TokenValid".into()));
 }
 
-#[tokio::test]
-async fn a_conflicting_claim_sends_nothing_and_looks_again() {
-    let f = Fixture::new(Some(3600)).await;
+in_every_cache_mode!(a_conflicting_claim_sends_nothing_and_looks_again);
+async fn a_conflicting_claim_sends_nothing_and_looks_again(caching: Caching) {
+    let f = Fixture::with_caching(Some(3600), caching).await;
     f.reconcile().await.unwrap();
     f.make_due();
     f.api
@@ -465,6 +591,63 @@ async fn a_conflicting_claim_sends_nothing_and_looks_again() {
     f.reconcile().await.unwrap();
     assert_eq!(f.state_data("refresh_token").as_deref(), Some("rt-2"));
     assert_eq!(f.endpoint.presented(), vec!["rt-0", "rt-1"]);
+}
+
+#[tokio::test]
+async fn a_lagging_cache_costs_a_retry_but_never_a_second_presentation() {
+    let f = Fixture::with_caching(Some(3600), Caching::Lagging).await;
+    f.reconcile().await.unwrap();
+    assert_eq!(f.state_data("refresh_token").as_deref(), Some("rt-1"));
+    // A new scope asks for a new token. The OAuthToken watch delivers the edit; the Secret
+    // watch lags.
+    f.edit_spec(json!({"scopes": ["read"]}));
+    // Another replica, reading the API, refreshes first: rt-1 is used up, rt-2 is the newest.
+    reconcile(f.token.clone(), f.other_process()).await.unwrap();
+    assert_eq!(f.endpoint.presented(), vec!["rt-0", "rt-1"]);
+    assert_eq!(f.state_data("refresh_token").as_deref(), Some("rt-2"));
+    let stored = f.api.get(&secret_path("allegro-oauth-state")).unwrap();
+
+    // This process still sees rt-1 as the newest link (its own write; the other's is not
+    // delivered). Its claim is compared against the stored version and fails: a retry, and no
+    // request.
+    f.api.clear_log();
+    for _ in 0..2 {
+        let error = f.reconcile().await.unwrap_err();
+        assert!(error.contains("changed meanwhile"), "{error}");
+    }
+    assert_eq!(
+        f.api.writes(),
+        vec![format!("PUT {}", secret_path("allegro-oauth-state")); 2],
+        "only the claims, refused"
+    );
+    assert_eq!(
+        f.api.get(&secret_path("allegro-oauth-state")).unwrap(),
+        stored,
+        "the other replica's chain is untouched"
+    );
+    assert_eq!(
+        f.endpoint.presented(),
+        vec!["rt-0", "rt-1"],
+        "rt-1 is never presented a second time"
+    );
+    assert!(f.endpoint.reuses().is_empty());
+
+    // The watch catches up: the other replica's chain and token are used, nothing requested.
+    f.deliver_all();
+    f.reconcile().await.unwrap();
+    assert_eq!(f.endpoint.presented(), vec!["rt-0", "rt-1"]);
+    assert_eq!(f.condition("Ready"), ("True".into(), "TokenValid".into()));
+    assert_eq!(
+        unb64(&f.api.get(&secret_path("allegro-token")).unwrap()["data"]["access_token"]),
+        "at-2"
+    );
+    // And the chain goes on from it.
+    f.make_due();
+    f.reconcile().await.unwrap();
+    assert_eq!(f.endpoint.presented(), vec!["rt-0", "rt-1", "rt-2"]);
+    assert_eq!(f.state_data("refresh_token").as_deref(), Some("rt-3"));
+    assert!(f.endpoint.reuses().is_empty());
+    f.assert_no_secret_leaks();
 }
 
 #[tokio::test]
@@ -795,12 +978,23 @@ async fn a_request_lost_before_it_reached_the_provider_is_presented_once_more_an
     f.assert_no_secret_leaks();
 }
 
-#[tokio::test]
-async fn a_deleted_state_secret_never_reimports_a_used_refresh_token() {
-    let f = Fixture::new(Some(3600)).await;
+in_every_cache_mode!(a_deleted_state_secret_never_reimports_a_used_refresh_token);
+async fn a_deleted_state_secret_never_reimports_a_used_refresh_token(caching: Caching) {
+    let f = Fixture::with_caching(Some(3600), caching).await;
     f.reconcile().await.unwrap();
     let published = f.api.get(&secret_path("allegro-token")).unwrap();
     f.api.remove(&secret_path("allegro-oauth-state"));
+    if caching == Caching::Lagging {
+        // Until the watch delivers the deletion, this process knows the state Secret as it
+        // wrote it last: a chain that is not due. Nothing is presented meanwhile.
+        for _ in 0..3 {
+            f.make_due();
+            f.reconcile().await.unwrap();
+        }
+        assert_eq!(f.endpoint.presented(), vec!["rt-0"]);
+        assert_eq!(f.condition("Ready"), ("True".into(), "TokenValid".into()));
+        f.deliver_all();
+    }
     for _ in 0..3 {
         f.make_due();
         f.reconcile().await.unwrap();
