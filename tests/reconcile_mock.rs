@@ -870,12 +870,10 @@ async fn a_lost_answer_allows_one_more_presentation_never_two() {
     f.assert_no_secret_leaks();
 }
 
-/// Fails today (src/controller/status.rs): after the one more presentation's answer is lost
-/// too, the chain is dead (the protocol never presents the token again), but status keeps
-/// `ReauthorizationRequired=False` ("The provider accepts the refresh token") until the next
-/// reconcile, which comes only at the transient backoff (up to 5 minutes).
+/// After the one more presentation's answer is lost too, the chain is dead (the protocol never
+/// presents the token again), and status says so at once, not one backoff (up to 5 minutes)
+/// later.
 #[tokio::test]
-#[ignore = "src bug: ReauthorizationRequired=True AnswerLost comes one backoff after the second lost answer"]
 async fn a_second_lost_answer_asks_for_reauthorization_at_once() {
     let f = Fixture::new(Some(3600)).await;
     f.reconcile().await.unwrap();

@@ -1163,10 +1163,19 @@ fn released_state<S: Record>(held: &Held<S>, release: &Release, state: &S) -> S 
     }
 }
 
-fn ending<S>(held: &Held<S>, release: &Release, state: S) -> Done<S> {
+fn ending<S: Record>(held: &Held<S>, release: &Release, state: S) -> Done<S> {
     let after_lost_answer = held.claim.attempt > 1;
+    // The one more presentation after a lost answer got nothing usable either: there is none
+    // left, and status says so now rather than at the next look.
+    let exhausted =
+        held.claim.attempt >= MAX_UNANSWERED_PRESENTATIONS && state.ledger().rotates != Some(false);
     match release {
         Release::Unsent => Done::NotSent { state },
+        Release::Answered { rejected: false } | Release::Lost if exhausted => Done::Dead {
+            state,
+            reason: reason::ANSWER_LOST,
+            message: answer_lost_message(matches!(release, Release::Lost)),
+        },
         Release::Answered { .. } => Done::NotIssued {
             state,
             lost: false,
@@ -1196,6 +1205,18 @@ pub fn is_new_import(
     offered: &Fingerprint,
 ) -> bool {
     stored.imported.as_ref().or(imported_in_status) != Some(offered)
+}
+
+/// Why a chain is dead after the one more presentation; `lost`: its answer was lost too.
+fn answer_lost_message(lost: bool) -> String {
+    format!(
+        "The answer to a presentation of the refresh token was lost (timeout, an unreadable answer or a stopped process), so the provider may have rotated it; it was presented once more, {}. It is not presented again. Put a new refresh token in the import Secret",
+        if lost {
+            "and that answer was lost too"
+        } else {
+            "and that got no new token"
+        }
+    )
 }
 
 /// When the published access token stops serving: its expiry less the margin.
@@ -1280,14 +1301,7 @@ fn verdict<S>(
         if attempt >= MAX_UNANSWERED_PRESENTATIONS && !exempt {
             Verdict::Dead {
                 reason: reason::ANSWER_LOST,
-                message: format!(
-                    "The answer to a presentation of the refresh token was lost (timeout, an unreadable answer or a stopped process), so the provider may have rotated it; it was presented once more, {}. It is not presented again. Put a new refresh token in the import Secret",
-                    if claim.lost || claim.fate() == Fate::InFlight {
-                        "and that answer was lost too"
-                    } else {
-                        "and that got no new token"
-                    }
-                ),
+                message: answer_lost_message(claim.lost || claim.fate() == Fate::InFlight),
                 mark_spent: false,
             }
         } else {
