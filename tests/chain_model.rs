@@ -33,6 +33,7 @@ fn config(processes: usize, refreshes: u8, max_clock: u8, faults: u8, allowed: F
         allowed,
         lifetime: 6,
         timing: small_timing(),
+        uneven: false,
     }
 }
 
@@ -68,6 +69,22 @@ fn two_processes_with_three_refreshes_each_and_any_fault_keep_every_property() {
     check::<OperatorCore>(
         "2 processes, 3 refreshes each, 10 s, any 1 fault",
         config(2, 3, 10, 1, Faults::all()),
+    )
+    .assert_properties();
+}
+
+#[test]
+fn processes_with_different_request_timeouts_keep_every_property() {
+    // Process 1 reckons the published token stops serving a second earlier than process 0 (a
+    // rollout that changed --token-request-timeout): it must still wait for process 0's commit.
+    check::<OperatorCore>(
+        "2 processes with different timeouts, 3 refreshes each, 12 s, 10 s tokens, any 1 fault",
+        Config {
+            uneven: true,
+            // Tokens that serve long after a claim ran out: the wait for a silent holder counts.
+            lifetime: 10,
+            ..config(2, 3, 12, 1, Faults::all())
+        },
     )
     .assert_properties();
 }

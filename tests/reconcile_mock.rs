@@ -1357,6 +1357,15 @@ async fn a_declared_budget_is_shared_by_the_origin() {
             .encode()
             .contains("oauth_token_operator_refreshes_deferred_total{reason=\"budget\"} 1")
     );
+    // The second chain's first import waits for the budget: nothing of it is recorded or
+    // stored yet, and nothing is reported as wrong.
+    let status = f.api.get(&token_path("second")).unwrap()["status"].clone();
+    assert!(status["importedRefreshTokenSha256"].is_null(), "{status}");
+    assert!(
+        !status.to_string().contains("InvalidSpec") && !status.to_string().contains("StateLost"),
+        "{status}"
+    );
+    assert!(f.api.get(&secret_path("second-oauth-state")).is_none());
 }
 
 fn refresh_expiry_series(f: &Fixture) -> Option<i64> {

@@ -155,8 +155,10 @@ fn error_policy(_token: Arc<CachedToken>, error: &Error, ctx: Arc<Context>) -> A
     let base = match error {
         // The newest refresh token exists only in memory: try to write it again soon.
         Error::PersistState(_) => Duration::from_secs(1),
-        // Someone else moved the chain: look again at once (a watch event usually comes first).
+        // Someone else moved the chain, or wrote status since it was read: look again at once
+        // (a watch event usually comes first).
         Error::StateConflict => Duration::from_millis(200),
+        Error::WriteStatus(error) if secrets::is_conflict(error) => Duration::from_millis(200),
         _ => Duration::from_secs(5),
     };
     Action::requeue(base + jitter)
@@ -391,6 +393,9 @@ fn controller_for(
                 }
                 watcher::Event::Delete(token) => {
                     let namespace = token.namespace().unwrap_or_default();
+                    if let Some(uid) = token.uid() {
+                        ctx.fencing.forget(&uid);
+                    }
                     token_index.remove(&namespace, &token.name_any());
                     ctx.caches.delivered_token(&token, Delivery::Deleted);
                     crate::observe::token_deleted(&ctx, &namespace, &token.name_any());

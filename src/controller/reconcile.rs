@@ -2,7 +2,7 @@
 //! (the schedule; for refresh tokens the chain protocol), act (the token request, the state
 //! Secret through the chain module, the token Secret), then report (status, Events).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Secret;
@@ -13,7 +13,7 @@ use kube::{Api, Resource, ResourceExt};
 use secrecy::{ExposeSecret, SecretString};
 use tracing::{debug, info, warn};
 
-use super::chain::protocol::{Answer, Done, Loaded, Offer, Record, is_new_import};
+use super::chain::protocol::{Answer, Done, Loaded, Offer, Record};
 use super::chain::{self, ChainStore, Ended, ForeignStateSecret, Sent, send_within};
 use super::secrets::{self, controlled_by, secret_text};
 use super::settings::{self, ClientSource, GrantSettings, Settings};
@@ -76,18 +76,35 @@ pub async fn reconcile<K: Resource>(object: Arc<K>, ctx: Arc<Context>) -> Result
         ctx: &ctx,
         now,
         previous: &previous,
+        recorded: Mutex::default(),
     };
     let outcome = run.execute().await?;
     let mut next = status::desired(&token, &previous, &outcome, now);
-    if let Some(imported) = outcome.state().and_then(|s| s.imported_fingerprint.clone()) {
+    // What was imported last never goes back: the state Secret's word, else what this
+    // reconcile recorded before presenting it, else what status said.
+    let recorded = run
+        .recorded
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let version = recorded
+        .as_ref()
+        .map_or_else(|| token.resource_version(), |r| r.version.clone());
+    if let Some(imported) = outcome
+        .state()
+        .and_then(|s| s.imported_fingerprint.clone())
+        .or_else(|| recorded.map(|r| r.fingerprint))
+    {
         next.imported_refresh_token_sha256 = Some(imported);
     }
     if next != previous {
+        // Under a precondition on the version this status was computed from: a process
+        // working from an older read must not write older facts over newer ones.
         let written = tokens
             .patch_status(
                 &name,
                 &PatchParams::default(),
-                &Patch::Merge(status::merge_patch(&next)),
+                &Patch::Merge(status::merge_patch(&next, version.as_deref())),
             )
             .await
             .map_err(Error::WriteStatus)?;
@@ -123,6 +140,15 @@ struct Run<'a> {
     ctx: &'a Context,
     now: DateTime<Utc>,
     previous: &'a OAuthTokenStatus,
+    /// An import this reconcile recorded in status before presenting it.
+    recorded: Mutex<Option<RecordedImport>>,
+}
+
+#[derive(Clone)]
+struct RecordedImport {
+    fingerprint: String,
+    /// The OAuthToken's resourceVersion after the record.
+    version: Option<String>,
 }
 
 /// What a token request needs, all read before anything is claimed: nothing may fail between a
@@ -249,8 +275,10 @@ impl Run<'_> {
         let offer = self
             .import_offer(settings, import, stored.as_ref(), &binding)
             .await?;
+        let uid = self.token.uid().unwrap_or_default();
         let imported = offer.as_ref().is_some_and(|offer| {
-            is_new_import(
+            fencing.imports(
+                &uid,
                 &ledger,
                 self.previous.imported_refresh_token_sha256.as_ref(),
                 &offer.fingerprint,
@@ -600,6 +628,10 @@ impl Run<'_> {
         {
             Ok(written) => {
                 self.ctx.caches.wrote_token(&written);
+                *self.recorded.lock().unwrap_or_else(|e| e.into_inner()) = Some(RecordedImport {
+                    fingerprint: fingerprint.to_string(),
+                    version: written.resource_version(),
+                });
                 true
             }
             Err(error) => {
@@ -771,13 +803,11 @@ impl Run<'_> {
         let binding = settings.binding(&identity.client_id);
         let request_fingerprint =
             settings.request_fingerprint(&identity.client_id, &self.token.spec);
-        let published = self.published_from_status(target);
+        let published = self.published_from_status(settings, target).await?;
+        // A token issued for another request, or of unknown origin (a grant switched from
+        // refresh tokens), is replaced.
         let spec_changed = published.access.is_some()
-            && self
-                .previous
-                .request_sha256
-                .as_ref()
-                .is_some_and(|known| *known != request_fingerprint);
+            && published.request_fingerprint.as_ref() != Some(&request_fingerprint);
         let schedule = self
             .schedule(
                 settings,
@@ -858,29 +888,50 @@ impl Run<'_> {
 
     /// The published client-credentials token as status and the token Secret tell it (its
     /// value stays in the token Secret).
-    fn published_from_status(&self, target: Option<&Secret>) -> TokenState {
+    async fn published_from_status(
+        &self,
+        settings: &Settings,
+        target: Option<&Secret>,
+    ) -> Result<TokenState, Error> {
         let status = self.previous;
+        // A token Secret of another name (spec.secretName moved, or moved back to a Secret this
+        // OAuthToken still owns) holds nothing this status speaks for.
+        let published_there =
+            status.secret_name.as_deref() == Some(settings.target_secret.as_str());
         let access = match (target, status.expires_at, status.last_refresh_at) {
-            (Some(_), Some(expires_at), Some(issued_at)) => Some(AccessToken {
+            (Some(_), Some(expires_at), Some(issued_at)) if published_there => Some(AccessToken {
                 token: SecretString::from(String::new()),
                 token_type: String::new(),
                 scope: None,
                 issued_at,
                 expires_at,
-                // After a failure nextRefreshAt is the retry; the schedule reads that apart.
-                refresh_at: if status.failed_attempts == 0 {
-                    status.next_refresh_at.unwrap_or(expires_at)
-                } else {
-                    expires_at
+                // After a failure nextRefreshAt is the retry, which the schedule reads apart;
+                // a spell without a schedule (a blocked spec) leaves the policy's time.
+                refresh_at: match status.next_refresh_at {
+                    Some(at) if status.failed_attempts == 0 => at,
+                    _ => schedule::refresh_at(issued_at, expires_at, settings.policy, 0.0),
                 },
             }),
             _ => None,
         };
-        TokenState {
+        let request_fingerprint = match &status.request_sha256 {
+            Some(known) => Some(known.clone()),
+            // Issued before client credentials kept no state Secret: the request is on record
+            // there (a state Secret of a refresh-token grant records another grant).
+            None if access.is_some() => {
+                ChainStore::load(self.secrets, self.token, &self.ctx.caches)
+                    .await?
+                    .ok()
+                    .and_then(|store| store.state())
+                    .and_then(|state| state.request_fingerprint)
+            }
+            None => None,
+        };
+        Ok(TokenState {
             access,
-            request_fingerprint: status.request_sha256.clone(),
+            request_fingerprint,
             ..TokenState::default()
-        }
+        })
     }
 
     /// A failed token request: backoff from status, the published token kept while valid.

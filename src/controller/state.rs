@@ -166,6 +166,7 @@ impl TokenState {
                     lost: true,
                     answered: false,
                     successor_lost: false,
+                    once_more_at: None,
                 })
             }),
             binding,
@@ -270,6 +271,7 @@ mod tests {
                 lost: true,
                 answered: false,
                 successor_lost: false,
+                once_more_at: None,
             }),
             binding: Some(Binding {
                 origin: "https://idp.test:443".into(),

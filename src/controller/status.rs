@@ -261,16 +261,10 @@ pub fn desired(
                             READY,
                             UNKNOWN,
                             reason::REFRESH_UNCONFIRMED,
-                            if *after_lost_answer {
-                                format!(
-                                    "{error}. This was the one more presentation after a lost answer: the refresh token is not presented again"
-                                )
-                            } else {
-                                format!(
-                                    "{error}. The provider may have rotated the refresh token, and some providers revoke the published access token when they do; the refresh token is presented once more at {}",
-                                    rfc3339(*retry_at)
-                                )
-                            },
+                            format!(
+                                "{error}. The provider may have rotated the refresh token, and some providers revoke the published access token when they do; the refresh token is presented once more at {}",
+                                rfc3339(*retry_at)
+                            ),
                         ),
                         Some(why) => set(&mut next, READY, FALSE, why, error.to_string()),
                         None => set(
@@ -290,8 +284,9 @@ pub fn desired(
             }
         }
     }
-    // The state Secret is the source of truth for the refresh token's expiry.
-    if let Some(state) = outcome.state() {
+    // The state Secret is the source of truth for the refresh token's expiry (a state without
+    // a refresh token, a lost chain's, says nothing about it).
+    if let Some(state) = outcome.state().filter(|s| s.refresh_token.is_some()) {
         next.refresh_token_expires_at = state.refresh_token_expires_at;
     }
     next
@@ -378,7 +373,13 @@ pub fn next_text(status: &OAuthTokenStatus) -> String {
 }
 
 /// A JSON merge patch that replaces the whole status; absent fields become `null` and are
-/// removed, so nothing stale survives.
-pub fn merge_patch(status: &OAuthTokenStatus) -> serde_json::Value {
-    serde_json::json!({ "status": status })
+/// removed, so nothing stale survives. With `version`, the patch applies only to that
+/// resourceVersion of the OAuthToken.
+pub fn merge_patch(status: &OAuthTokenStatus, version: Option<&str>) -> serde_json::Value {
+    match version {
+        Some(version) => {
+            serde_json::json!({ "metadata": {"resourceVersion": version}, "status": status })
+        }
+        None => serde_json::json!({ "status": status }),
+    }
 }

@@ -16,8 +16,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use oauth_token_operator::api::conditions::reason;
 use oauth_token_operator::controller::chain::protocol::{
-    Answer, Binding, Done, Fingerprint, Input, Ledger, Loaded, Memory, Now, Offer, Output, Process,
-    Refresh, Timing,
+    Answer, Binding, Claim, Done, Fingerprint, Input, Ledger, Loaded, Memory, Now, Offer, Output,
+    Process, Refresh, Timing,
 };
 use stateright::{Model, Property};
 
@@ -35,6 +35,9 @@ pub trait Core: Clone + Debug + Hash + Eq + Send + Sync + 'static {
     /// The successor this process holds and has not stored, with the end of the time in which
     /// it may still store it (`None`: no end).
     fn holds(&self, memory: &Self::Memory) -> Option<(Fingerprint, Option<Duration>)>;
+    /// What the driver keeps of a memory after each step: the operator drops a memory with
+    /// nothing in it (`Fencing::keep`).
+    fn kept(memory: &mut Self::Memory);
     /// What the driver makes of a 2xx answer in `shape` that carries `successor`.
     fn read_answer(shape: Shape, successor: Ledger) -> Answer<Ledger>;
     /// Whether the driver tells the core that nothing was sent when it gives up between the
@@ -64,6 +67,12 @@ impl Core for Refresh<Ledger> {
         self.successor()
             .or_else(|| memory.successor())
             .and_then(|(state, end)| state.token.clone().map(|t| (t, Some(end))))
+    }
+
+    fn kept(memory: &mut Memory<Ledger>) {
+        if memory.is_idle() {
+            *memory = Memory::default();
+        }
     }
 
     fn read_answer(shape: Shape, successor: Ledger) -> Answer<Ledger> {
@@ -104,6 +113,9 @@ pub struct Config {
     /// Seconds an access token lives.
     pub lifetime: u8,
     pub timing: Timing,
+    /// Process 1 runs with a longer request timeout than the others (a rollout that changes
+    /// `--token-request-timeout`): it reckons the published token stops serving earlier.
+    pub uneven: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -139,14 +151,16 @@ impl Faults {
 }
 
 /// Small numbers that keep every interesting order reachable: a claim lasts 3 s, a request
-/// 1 s, the access token 6 s and is taken to stop serving 2 s before it expires.
+/// 1 s, the access token 6 s and is taken to stop serving 2 s before it expires; a holder stops
+/// trying to store its successor 1 s before that (the allowance for clock skew, which the
+/// model's one clock does not need but the protocol keeps).
 pub fn small_timing() -> Timing {
     Timing {
         request_timeout: Duration::from_secs(1),
         claim_ttl: Duration::from_secs(3),
         commit_margin: Duration::from_secs(1),
         serving_margin: Duration::from_secs(2),
-        clock_skew: Duration::ZERO,
+        clock_skew: Duration::from_secs(1),
     }
 }
 
@@ -227,6 +241,8 @@ pub struct Run<C: Core> {
     pub presented: Option<Fingerprint>,
     /// Whether this run sent its request.
     pub sent: bool,
+    /// When the access token published before this run's claim expires.
+    pub serving_until: Option<DateTime<Utc>>,
 }
 
 /// What the process does next in this run.
@@ -273,11 +289,15 @@ pub struct Ghost {
     pub presented: [u8; 8],
     /// The tracked properties that failed (bits of `TRACKED`).
     pub violations: u8,
-    /// When the state Secret's claim was written, while it is in flight.
+    /// When the state Secret's claim was first written, while it is in flight.
     pub claim_written_at: Option<u8>,
+    /// When the claims of other processes were first written (a claim put back by a process
+    /// whose own request was not sent is the same claim, as old as it was).
+    pub claim_times: Vec<(Claim, u8)>,
     /// Refreshes committed.
     pub committed: u8,
-    /// When each process's current claim was written.
+    /// When each process made its current claim (before it was written: the holder counts
+    /// from then).
     pub claimed_at: Vec<Option<u8>>,
 }
 
@@ -392,7 +412,21 @@ fn process(index: usize, epoch: u8, timing: Timing) -> Process {
 
 impl<C: Core> ChainModel<C> {
     fn process(&self, world: &World<C>, p: usize) -> Process {
-        process(p, world.processes[p].epoch, self.config.timing)
+        let mut timing = self.config.timing;
+        if self.config.uneven && p == 1 {
+            // Its margin is a longer request timeout's (a presentation and its commit must fit
+            // in before the token stops serving); by more than the skew allowance, so the claim
+            // must say what its holder reckons.
+            timing.serving_margin += Duration::from_secs(2);
+        }
+        process(p, world.processes[p].epoch, timing)
+    }
+
+    /// Process `p`'s monotonic clock. In nanoseconds it never reads the same in two of its runs:
+    /// the runs it began stand for the nanoseconds between them.
+    fn mono(&self, world: &World<C>, p: usize) -> Duration {
+        Duration::from_secs(world.clock.into())
+            + Duration::from_nanos(world.processes[p].begun.into())
     }
 
     fn may_fault(&self, world: &World<C>) -> bool {
@@ -448,12 +482,28 @@ impl<C: Core> ChainModel<C> {
     /// Feeds `input` to process `p`'s core and records what it answers.
     fn feed(&self, world: &mut World<C>, p: usize, input: Input<Ledger>) {
         let process = self.process(world, p);
-        let at = now(world.clock);
+        let mut at = now(world.clock);
+        at.mono = self.mono(world, p);
         let proc = &mut world.processes[p];
         let Some(run) = proc.run.as_mut() else {
             return;
         };
         let output = run.core.step(&process, &mut proc.memory, at, input);
+        C::kept(&mut proc.memory);
+        if let Output::Write(next) = &output
+            && let Some(claim) = &next.claim
+            && claim.holder == process.holder
+            && !claim.lost
+            && !claim.answered
+            && !claim.successor_lost
+            && world
+                .server
+                .as_ref()
+                .and_then(|s| s.ledger.claim.as_ref())
+                .is_none_or(|c| c.id != claim.id)
+        {
+            world.ghost.claimed_at[p] = Some(world.clock);
+        }
         if let Output::Done(done) = &output {
             self.finished(world, p, done.clone());
             return;
@@ -480,9 +530,22 @@ impl<C: Core> ChainModel<C> {
             && self.holding(world, p).is_none()
             && !matches!(done, Done::Committed { .. } | Done::Superseded { .. })
         {
+            // Others present the token once more only after the claim ran out and, while the
+            // published token serves, not before it stops serving by the holder's reckoning
+            // (which its claim tells them): until then the successor could still be stored,
+            // less the allowance the holder keeps for clock skew between processes.
             let claimed_at = world.ghost.claimed_at[p].unwrap_or(0);
-            let within_claim =
-                u64::from(clock) < u64::from(claimed_at) + self.config.timing.claim_ttl.as_secs();
+            let claim_end = u64::from(claimed_at) + self.config.timing.claim_ttl.as_secs();
+            let serving_until = world.processes[p]
+                .run
+                .as_ref()
+                .and_then(|r| r.serving_until)
+                .map_or(0, |until| (until - epoch()).num_seconds().max(0) as u64);
+            let timing = self.process(world, p).timing;
+            let others_wait_until = serving_until
+                .saturating_sub(timing.serving_margin.as_secs())
+                .saturating_sub(timing.clock_skew.as_secs());
+            let within_claim = u64::from(clock) < claim_end.max(others_wait_until);
             let presented = world.processes[p]
                 .run
                 .as_ref()
@@ -561,11 +624,13 @@ impl<C: Core> ChainModel<C> {
             if world.ghost.persisted & (1 << successor) != 0 {
                 violate(&mut world.ghost, NO_REUSE_AFTER_STORE);
             }
-            let clock = Duration::from_secs(world.clock.into());
             let held = (0..world.processes.len())
                 .filter(|&i| Some(i) != presenter)
-                .filter_map(|i| self.holding(world, i))
-                .any(|(held, end)| held == successor && end.is_none_or(|end| end > clock));
+                .any(|i| {
+                    self.holding(world, i).is_some_and(|(held, end)| {
+                        held == successor && end.is_none_or(|end| end > self.mono(world, i))
+                    })
+                });
             if held {
                 violate(&mut world.ghost, NO_REUSE_WHILE_HELD);
             }
@@ -660,7 +725,7 @@ impl<C: Core> Model for ChainModel<C> {
                     actions.push(Action::Execute(p));
                     if faults
                         && allowed.lose_write_answer
-                        && matches!(output, Output::Write(_))
+                        && matches!(output, Output::Write(_) | Output::WriteBy(..))
                         && !proc.partitioned
                     {
                         actions.push(Action::LoseWriteAnswer(p));
@@ -799,6 +864,7 @@ impl<C: Core> Model for ChainModel<C> {
                     received: None,
                     presented: None,
                     sent: false,
+                    serving_until: None,
                 });
                 let loaded = Loaded {
                     stored: stored.map(|s| s.ledger),
@@ -1003,7 +1069,8 @@ impl<C: Core> ChainModel<C> {
             return;
         };
         let deadline = u8::try_from(deadline.as_secs()).unwrap_or(u8::MAX);
-        let timeout = u8::try_from(self.config.timing.request_timeout.as_secs()).unwrap_or(u8::MAX);
+        let timeout = u8::try_from(self.process(world, p).timing.request_timeout.as_secs())
+            .unwrap_or(u8::MAX);
         if world.clock.saturating_add(timeout) > deadline {
             return self.feed(world, p, Input::Answer(Answer::NotSent));
         }
@@ -1012,6 +1079,7 @@ impl<C: Core> ChainModel<C> {
         };
         if let Some(run) = world.processes[p].run.as_mut() {
             run.sent = true;
+            run.serving_until = state.serving_until;
         }
         if let Some(count) = world.ghost.presented.get_mut(usize::from(token)) {
             *count = count.saturating_add(1);
@@ -1043,7 +1111,10 @@ impl<C: Core> ChainModel<C> {
     fn execute(&self, world: &mut World<C>, p: usize, output: Output<Ledger>, lose_answer: bool) {
         let partitioned = world.processes[p].partitioned;
         match output {
-            Output::Write(next) => {
+            Output::WriteBy(_, by) if self.mono(world, p) >= by => {
+                self.feed(world, p, Input::Failed)
+            }
+            Output::Write(next) | Output::WriteBy(next, _) => {
                 if partitioned {
                     return self.feed(world, p, Input::Failed);
                 }
@@ -1106,14 +1177,20 @@ impl<C: Core> ChainModel<C> {
                     Some(claim) if previous_claim.as_ref() == Some(claim) => {
                         world.ghost.claim_written_at
                     }
-                    Some(_) => Some(world.clock),
+                    // A claim of the writer's own is new; another's is one put back.
+                    Some(claim) if claim.holder == holder => {
+                        world.ghost.claim_times.push((claim.clone(), world.clock));
+                        Some(world.clock)
+                    }
+                    Some(claim) => world
+                        .ghost
+                        .claim_times
+                        .iter()
+                        .rev()
+                        .find(|(known, _)| known == claim)
+                        .map(|(_, at)| *at),
                     None => None,
                 };
-                if let Some(claim) = new_claim
-                    && previous_claim.as_ref() != Some(claim)
-                {
-                    world.ghost.claimed_at[p] = Some(world.clock);
-                }
                 world.server = Some(Stored {
                     version,
                     ledger: next.clone(),

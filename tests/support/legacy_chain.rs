@@ -240,6 +240,8 @@ impl Core for Legacy {
         held.and_then(|s| s.token.clone()).map(|t| (t, None))
     }
 
+    fn kept(_: &mut LegacyMemory) {}
+
     fn read_answer(shape: Shape, successor: Ledger) -> Answer<Ledger> {
         match shape {
             Shape::Json => Answer::Issued { successor },
@@ -351,6 +353,7 @@ impl Legacy {
             lost: false,
             answered: false,
             successor_lost: false,
+            once_more_at: None,
         };
         let previous = stored.claim.clone();
         self.phase = Phase::Claiming {

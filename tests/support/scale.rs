@@ -795,7 +795,7 @@ async fn replay_token(
                             &token.name_any(),
                             &PatchParams::default(),
                             &Patch::Merge(oauth_token_operator::controller::status::merge_patch(
-                                &status,
+                                &status, None,
                             )),
                         )
                         .await?;

@@ -99,14 +99,16 @@ impl Fencing {
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365))
     }
 
-    fn take(&self, uid: &str) -> Memory<TokenState> {
+    fn recall(&self, uid: &str) -> Memory<TokenState> {
         lock(&self.memories)
-            .remove(uid)
-            .map(|r| r.memory)
+            .get(uid)
+            .map(|r| r.memory.clone())
             .unwrap_or_default()
     }
 
-    fn keep(&self, uid: &str, token: &OAuthToken, memory: Memory<TokenState>) {
+    /// Keeps what the protocol remembers of a chain where a stopping process finds it; a
+    /// memory with nothing in it takes no room (claim ids stay unique without it).
+    fn keep(&self, uid: &str, token: &OAuthToken, memory: &Memory<TokenState>) {
         let mut memories = lock(&self.memories);
         if memory.is_idle() {
             memories.remove(uid);
@@ -115,9 +117,34 @@ impl Fencing {
                 uid.to_string(),
                 Remembered {
                     token: token.clone(),
-                    memory,
+                    memory: memory.clone(),
                 },
             );
+        }
+    }
+
+    /// Forgets a deleted OAuthToken's chain.
+    pub fn forget(&self, uid: &str) {
+        lock(&self.memories).remove(uid);
+    }
+
+    /// Whether a refresh of OAuthToken `uid` would import `offered` (see [`protocol::imports`]).
+    pub fn imports(
+        &self,
+        uid: &str,
+        stored: &Ledger,
+        imported_in_status: Option<&Fingerprint>,
+        offered: &Fingerprint,
+    ) -> bool {
+        let memories = lock(&self.memories);
+        match memories.get(uid) {
+            Some(r) => protocol::imports(&r.memory, stored, imported_in_status, offered),
+            None => protocol::imports(
+                &Memory::<TokenState>::default(),
+                stored,
+                imported_in_status,
+                offered,
+            ),
         }
     }
 
@@ -354,14 +381,23 @@ pub async fn refresh(
     requests: &mut impl Requests,
 ) -> Ended {
     let uid = store.token.uid().unwrap_or_default();
-    let mut memory = fencing.take(&uid);
+    let mut memory = fencing.recall(&uid);
     let mut machine = Refresh::new();
     let mut api_error = None;
     let mut input = Input::Loaded(loaded);
     let done = loop {
         let output = machine.step(&fencing.process, &mut memory, fencing.now(), input);
+        // Kept after every step: should this reconcile be dropped mid-write (a stopping
+        // process that stopped waiting), a successor it holds is still found and written.
+        fencing.keep(&uid, store.token, &memory);
         input = match output {
-            Output::Write(next) => match store.write(&next).await {
+            Output::WriteBy(_, by) if fencing.now().mono >= by => {
+                warn!(
+                    "too late to store the new refresh token: others may present the old one now"
+                );
+                Input::Failed
+            }
+            Output::Write(next) | Output::WriteBy(next, _) => match store.write(&next).await {
                 Ok(stored) => Input::Stored(stored),
                 Err(WriteError::Conflict) => {
                     debug!("the state Secret changed since it was read");
@@ -402,7 +438,6 @@ pub async fn refresh(
         };
     };
     log_end(&done);
-    fencing.keep(&uid, store.token, memory);
     Ended { done, api_error }
 }
 

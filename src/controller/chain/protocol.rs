@@ -131,6 +131,12 @@ pub struct Claim {
     /// The provider rotated, and the holder could not store the successor in time.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub successor_lost: bool,
+    /// When, by the holder's settings, the published access token stops serving: should the
+    /// claim run out without a word, others present the token once more no earlier than this
+    /// (nor than their own reckoning), for the holder keeps trying to store what it got until
+    /// then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub once_more_at: Option<DateTime<Utc>>,
 }
 
 /// What became of the presentation a claim stands for.
@@ -186,7 +192,7 @@ pub struct Ledger {
 
 /// A stored state as the protocol handles it: the controller's `TokenState`, or a bare
 /// [`Ledger`] in the model.
-pub trait Record: Clone {
+pub trait Record: Clone + Default {
     fn ledger(&self) -> Ledger;
     fn with_claim(&self, claim: Option<Claim>) -> Self;
     fn with_rejected(&self, rejected: Fingerprint) -> Self;
@@ -370,6 +376,11 @@ pub enum Output<S> {
     /// Store this state with a precondition on the version last read or written (create it when
     /// there was none).
     Write(S),
+    /// The same, for a successor: only if the write can be sent before this point of the
+    /// monotonic clock, when others may present the token it replaces once more; otherwise
+    /// answer [`Input::Failed`] without sending. (Sent in time, a write that lands late is
+    /// harmless: compare-and-swap orders it against any claim made after the window.)
+    WriteBy(S, Duration),
     /// Read the state afresh from the API.
     Reload,
     /// Record in status, with a precondition, that this refresh token was imported.
@@ -624,6 +635,7 @@ impl<S: Record> Refresh<S> {
                             lost: false,
                             answered: false,
                             successor_lost: false,
+                            once_more_at: None,
                         },
                         previous: None,
                         stored: owed.state.clone(),
@@ -719,18 +731,18 @@ impl<S: Record> Refresh<S> {
             .map(Record::ledger)
             .unwrap_or_default();
         if let Some(offer) = &loaded.offer
-            && (is_new_import(&ledger, loaded.imported_in_status.as_ref(), &offer.fingerprint)
-                // This process recorded it and could not store it: it was never presented.
-                || (ledger.token.is_none()
-                    && memory.recorded_import.as_ref() == Some(&offer.fingerprint)))
+            && imports(
+                memory,
+                &ledger,
+                loaded.imported_in_status.as_ref(),
+                &offer.fingerprint,
+            )
         {
             if !loaded.due || !loaded.may_refresh {
-                return Output::Done(match loaded.stored {
-                    Some(state) => Done::Idle {
-                        state,
-                        answer_unknown: false,
-                    },
-                    None => Done::NoToken,
+                // Imported when it may be presented at once; nothing of it is reported before.
+                return Output::Done(Done::Idle {
+                    state: loaded.stored.unwrap_or_default(),
+                    answer_unknown: false,
                 });
             }
             // Imported and claimed in one write: a new refresh token is presented at once.
@@ -772,9 +784,8 @@ impl<S: Record> Refresh<S> {
                 {
                     // Others would present the token once more after a wait; it is known to
                     // be rotated, so say so in the state.
-                    memory.claims = memory.claims.saturating_add(1);
                     let marker = Claim {
-                        id: format!("{}/{}", process.holder, memory.claims),
+                        id: Self::claim_id(process, memory, now),
                         holder: process.holder.clone(),
                         fingerprint: token.clone(),
                         ttl_seconds: 0,
@@ -782,6 +793,7 @@ impl<S: Record> Refresh<S> {
                         lost: false,
                         answered: false,
                         successor_lost: true,
+                        once_more_at: None,
                     };
                     self.phase = Phase::MarkingSpent {
                         state: stored.clone(),
@@ -815,6 +827,18 @@ impl<S: Record> Refresh<S> {
                 )
             }
         }
+    }
+
+    /// A claim id no other claim of this process has: its holder name carries a per-process
+    /// nonce, the monotonic time tells apart its claims however its memory was kept.
+    fn claim_id(process: &Process, memory: &mut Memory<S>, now: Now) -> String {
+        memory.claims = memory.claims.saturating_add(1);
+        format!(
+            "{}/{}.{}",
+            process.holder,
+            now.mono.as_nanos(),
+            memory.claims
+        )
     }
 
     /// Reads the state afresh before a chain is declared lost.
@@ -863,11 +887,11 @@ impl<S: Record> Refresh<S> {
         attempt: u32,
     ) -> Output<S> {
         let ledger = base.ledger();
-        memory.claims = memory.claims.saturating_add(1);
         memory.sighting = None;
         let timing = process.timing;
+        let once_more_at = serving_end(&ledger, &timing);
         let claim = Claim {
-            id: format!("{}/{}", process.holder, memory.claims),
+            id: Self::claim_id(process, memory, now),
             holder: process.holder.clone(),
             fingerprint: ledger.token.clone().unwrap_or_default(),
             ttl_seconds: timing.claim_ttl.as_secs(),
@@ -875,10 +899,11 @@ impl<S: Record> Refresh<S> {
             lost: false,
             answered: false,
             successor_lost: false,
+            once_more_at,
         };
         // Measured from before the claim is written: whoever sees it starts counting later.
         let claim_end = now.mono.saturating_add(claim.ttl());
-        let window_end = match serving_end(&ledger, &timing) {
+        let window_end = match once_more_at {
             Some(once_more_at) => claim_end.max(now.mono_at(once_more_at - skew(&timing))),
             None => claim_end,
         };
@@ -939,6 +964,15 @@ impl<S: Record> Refresh<S> {
             Answer::Refused { rejected } => self.release(held, Release::Answered { rejected }),
             Answer::Unknown => self.release(held, Release::Lost),
             Answer::Issued { successor } => {
+                // Held in memory from now on, where a stopping process finds it, until it is
+                // stored or given up.
+                memory.owed = Some(Owed {
+                    state: successor.clone(),
+                    kind: OwedKind::Successor,
+                    claim_id: held.claim.id.clone(),
+                    presented: held.claim.fingerprint.clone(),
+                    window_end: held.window_end,
+                });
                 let stored = Some(held.stored.clone());
                 self.commit(memory, now, held, successor, 0, stored)
             }
@@ -1050,12 +1084,13 @@ impl<S: Record> Refresh<S> {
         match judged {
             Judged::Write => {
                 let write = successor.with_claim(None);
+                let by = held.window_end;
                 self.phase = Phase::Committing {
                     held,
                     successor,
                     tries: tries + 1,
                 };
-                Output::Write(write)
+                Output::WriteBy(write, by)
             }
             Judged::AlreadyThere => {
                 memory.owed = None;
@@ -1205,6 +1240,20 @@ pub fn is_new_import(
     offered: &Fingerprint,
 ) -> bool {
     stored.imported.as_ref().or(imported_in_status) != Some(offered)
+        // The chain's own current token copied back into the import Secret is nothing new.
+        && stored.token.as_ref() != Some(offered)
+}
+
+/// Whether a refresh would import `offered`: a new refresh token, or one this process recorded
+/// in status as imported and could not store (it was never presented).
+pub fn imports<S>(
+    memory: &Memory<S>,
+    stored: &Ledger,
+    imported_in_status: Option<&Fingerprint>,
+    offered: &Fingerprint,
+) -> bool {
+    is_new_import(stored, imported_in_status, offered)
+        || (stored.token.is_none() && memory.recorded_import.as_ref() == Some(offered))
 }
 
 /// Why a chain is dead after the one more presentation; `lost`: its answer was lost too.
@@ -1336,9 +1385,13 @@ fn verdict<S>(
             }
             // The claim ran out without a word. Its holder may hold a successor it cannot
             // store yet; it keeps trying while the published token serves, so wait that long.
+            let once_more_at = match (serving_end(ledger, &process.timing), claim.once_more_at) {
+                (Some(ours), Some(theirs)) => Some(ours.max(theirs)),
+                (ours, theirs) => ours.or(theirs),
+            };
             if !exempt
                 && !loaded.token_reported_unusable
-                && let Some(once_more_at) = serving_end(ledger, &process.timing)
+                && let Some(once_more_at) = once_more_at
                 && now.wall < once_more_at
             {
                 return Verdict::Wait {
@@ -1410,6 +1463,7 @@ mod tests {
             lost: false,
             answered: false,
             successor_lost: false,
+            once_more_at: None,
         }
     }
 
@@ -1691,7 +1745,7 @@ mod tests {
             at(claimed_at + 1),
             Input::Answer(Answer::Issued { successor }),
         );
-        assert!(matches!(output, Output::Write(_)), "{output:?}");
+        assert!(matches!(output, Output::WriteBy(..)), "{output:?}");
         refresh
     }
 
@@ -1753,7 +1807,7 @@ mod tests {
         // The next refresh writes it before anything else...
         let (_, output) = start(&mut memory, at(500), loaded(serving.clone()));
         assert!(
-            matches!(&output, Output::Write(s) if s.token.as_deref() == Some("t2") && s.claim.is_none()),
+            matches!(&output, Output::WriteBy(s, by) if s.token.as_deref() == Some("t2") && s.claim.is_none() && *by == Duration::from_secs(925)),
             "{output:?}"
         );
         // ...and once the window has closed it is given up.
