@@ -86,8 +86,8 @@ fn crd_uses_only_formats_the_api_server_recognizes() {
     ));
 }
 
-/// `kubectl get oat -o wide` shows the target Secret, the failure streak and whether a human
-/// must re-authorize.
+/// `kubectl get oat -o wide` shows the target Secret, the failure streak, whether a human
+/// must re-authorize, and where and with which code to authorize by device flow.
 #[test]
 fn wide_output_has_secret_failures_and_reauthorization() {
     let crd: serde_yaml::Value = serde_yaml::from_str(COMMITTED).unwrap();
@@ -104,7 +104,9 @@ fn wide_output_has_secret_failures_and_reauthorization() {
         [
             ".status.secretName",
             ".status.failedAttempts",
-            ".status.conditions[?(@.type==\"ReauthorizationRequired\")].status"
+            ".status.conditions[?(@.type==\"ReauthorizationRequired\")].status",
+            ".status.authorization.userCode",
+            ".status.authorization.verificationUri"
         ]
     );
 }

@@ -260,7 +260,11 @@ fn example_tokens_find_their_secrets_in_the_same_file() {
                 .into_iter()
                 .flatten()
                 .collect();
-        if let GrantSettings::RefreshToken { import } = &resolved.grant {
+        if let GrantSettings::RefreshToken {
+            import: Some(import),
+            ..
+        } = &resolved.grant
+        {
             needed.push(import);
         }
         assert!(!needed.is_empty());

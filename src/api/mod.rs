@@ -23,6 +23,14 @@ pub const DEFAULT_CLIENT_SECRET_KEY: &str = "client_secret";
 /// Default key looked up in the Secret named by `initialRefreshTokenSecretRef`.
 pub const DEFAULT_REFRESH_TOKEN_KEY: &str = "refresh_token";
 
+/// Annotation that asks for one refresh: set it to a new value (a timestamp, a counter) and the
+/// operator refreshes once, then records the value in `status.lastRefreshRequest`.
+pub const REFRESH_ANNOTATION: &str = "oauth-token-operator.io/refresh";
+/// `spec.minRefreshInterval` when unset.
+pub const DEFAULT_MIN_REFRESH_INTERVAL: &str = "10s";
+/// `spec.refreshTokenExpiryWarning` when unset.
+pub const DEFAULT_REFRESH_TOKEN_EXPIRY_WARNING: &str = "7d";
+
 /// Keeps an OAuth 2.0 access token fresh in a Secret that pods can mount.
 ///
 /// The operator obtains an access token from `tokenEndpoint`, writes it to the Secret named by
@@ -47,7 +55,9 @@ pub const DEFAULT_REFRESH_TOKEN_KEY: &str = "refresh_token";
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     printcolumn = r#"{"name":"Secret","type":"string","priority":1,"description":"The Secret holding the published access token","jsonPath":".status.secretName"}"#,
     printcolumn = r#"{"name":"Failed Attempts","type":"integer","priority":1,"description":"Consecutive failed token requests since the last success","jsonPath":".status.failedAttempts"}"#,
-    printcolumn = r#"{"name":"Reauthorization Required","type":"string","priority":1,"description":"True when a human must put a new refresh token in the import Secret","jsonPath":".status.conditions[?(@.type==\"ReauthorizationRequired\")].status"}"#
+    printcolumn = r#"{"name":"Reauthorization Required","type":"string","priority":1,"description":"True when a human must put a new refresh token in the import Secret","jsonPath":".status.conditions[?(@.type==\"ReauthorizationRequired\")].status"}"#,
+    printcolumn = r#"{"name":"User Code","type":"string","priority":1,"description":"The code a human enters at the verification URI to authorize (device flow)","jsonPath":".status.authorization.userCode"}"#,
+    printcolumn = r#"{"name":"Verification URI","type":"string","priority":1,"description":"Where a human enters the user code","jsonPath":".status.authorization.verificationUri"}"#
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(transform = schema::for_api_server)]
@@ -56,8 +66,10 @@ pub const DEFAULT_REFRESH_TOKEN_KEY: &str = "refresh_token";
      "message": "set at most one of refreshBefore and refreshBeforePercentage"},
     {"rule": "has(self.clientSecretRef) || (has(self.clientId) && has(self.clientAuthentication) && self.clientAuthentication == 'None')",
      "message": "clientSecretRef is required unless clientAuthentication is None and clientId is set"},
-    {"rule": "!has(self.refreshTokenLifetime) || has(self.grant.refreshToken)",
-     "message": "refreshTokenLifetime only applies to the refreshToken grant"}
+    {"rule": "!has(self.refreshTokenLifetime) || has(self.grant.refreshToken) || has(self.grant.deviceCode)",
+     "message": "refreshTokenLifetime only applies to the refreshToken and deviceCode grants"},
+    {"rule": "!has(self.refreshTokenExpiryWarning) || has(self.grant.refreshToken) || has(self.grant.deviceCode)",
+     "message": "refreshTokenExpiryWarning only applies to the refreshToken and deviceCode grants"}
 ]))]
 pub struct OAuthTokenSpec {
     /// URL of the provider's token endpoint, for example
@@ -160,6 +172,39 @@ pub struct OAuthTokenSpec {
     /// origin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_endpoint_budget: Option<RequestBudget>,
+
+    /// Stop every token request while true: for maintenance, or while another refresher that
+    /// uses the same refresh token is being retired (it must stop before the operator presents
+    /// the refresh token). The published access token stays in its Secret until it expires;
+    /// `Ready` is False with reason `Suspended`. Setting it back to false resumes refreshing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
+
+    /// Shortest time between two refreshes asked for with the annotation
+    /// `oauth-token-operator.io/refresh`, as a duration such as `10s` (the default) or `1m`. A
+    /// request that comes sooner is acknowledged in `status.lastRefreshRequest` without a new
+    /// token request: a crash-looping consumer must not become a refresh storm at the provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
+    pub min_refresh_interval: Option<String>,
+
+    /// How long before `status.refreshTokenExpiresAt` the condition `RefreshTokenExpiring`
+    /// turns True and a Warning Event asks a human to authorize again, as a duration such as
+    /// `7d` (the default) or `36h`. Only for grants with refresh tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
+    pub refresh_token_expiry_warning: Option<String>,
+
+    /// URL of the provider's authorization endpoint, for example
+    /// `https://allegro.pl/auth/oauth/authorize`. The operator never calls it; `kubectl
+    /// oauthtoken authorize` sends a human there to obtain the first refresh token with the
+    /// authorization-code flow and PKCE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048), extend("x-kubernetes-validations" = [
+        {"rule": "isURL(self) && url(self).getScheme() in ['https', 'http'] && url(self).getHostname() != ''",
+         "message": "authorizationEndpoint must be an absolute https:// URL"}
+    ]))]
+    pub authorization_endpoint: Option<String>,
 }
 
 /// A request rate with a burst.
@@ -210,8 +255,8 @@ pub struct ClientSecretRef {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "has(self.refreshToken) != has(self.clientCredentials)",
-     "message": "set exactly one of refreshToken or clientCredentials"}
+    {"rule": "(has(self.refreshToken) ? 1 : 0) + (has(self.clientCredentials) ? 1 : 0) + (has(self.deviceCode) ? 1 : 0) == 1",
+     "message": "set exactly one of refreshToken, clientCredentials or deviceCode"}
 ]))]
 pub struct Grant {
     /// Refresh-token grant (RFC 6749 section 6): a refresh token obtained once by a human is
@@ -221,6 +266,39 @@ pub struct Grant {
     /// Client-credentials grant (RFC 6749 section 4.4), for machine-to-machine access.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_credentials: Option<ClientCredentialsGrant>,
+    /// Device authorization grant (RFC 8628): whenever there is no usable refresh token (the
+    /// first time, or after the chain died) the operator starts a device authorization and
+    /// shows in `status.authorization` the code a human enters at the provider; the refresh
+    /// token it obtains is then kept and rotated like an imported one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_code: Option<DeviceCodeGrant>,
+}
+
+/// Settings of the device authorization grant (RFC 8628).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceCodeGrant {
+    /// URL of the provider's device authorization endpoint, for example
+    /// `https://allegro.pl/auth/oauth/device`. It gets the client's credentials like the token
+    /// endpoint, so it must be on the token endpoint's origin.
+    #[schemars(length(min = 1, max = 2048), extend("x-kubernetes-validations" = [
+        {"rule": "isURL(self) && url(self).getScheme() in ['https', 'http'] && url(self).getHostname() != ''",
+         "message": "deviceAuthorizationEndpoint must be an absolute https:// URL"}
+    ]))]
+    pub device_authorization_endpoint: String,
+}
+
+/// How a dead refresh-token chain is restored.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Reauthorization {
+    /// Wait until a human puts a new refresh token in the import Secret (for example with
+    /// `kubectl oauthtoken authorize`).
+    #[default]
+    Import,
+    /// Start a device authorization (RFC 8628) at `deviceAuthorizationEndpoint` and show its
+    /// user code in `status.authorization`; a new refresh token in the import Secret is still
+    /// imported.
+    DeviceCode,
 }
 
 /// Settings of the refresh-token grant.
@@ -232,6 +310,15 @@ pub struct RefreshTokenGrant {
     /// changes). After the import the operator keeps the rotated refresh token in its own
     /// Secret, so this Secret may be deleted.
     pub initial_refresh_token_secret_ref: SecretKeyRef,
+    /// What happens when the refresh token cannot be used any more: `Import` (the default)
+    /// waits for a new refresh token in the import Secret; `DeviceCode` starts a device
+    /// authorization at `deviceAuthorizationEndpoint`.
+    #[serde(default)]
+    pub reauthorization: Reauthorization,
+    /// The provider's device authorization endpoint, for `reauthorization: DeviceCode`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub device_authorization_endpoint: Option<String>,
 }
 
 /// Settings of the client-credentials grant. It currently has no fields of its own.
@@ -316,6 +403,39 @@ pub struct OAuthTokenStatus {
 
     /// Name of the Secret holding the published access token.
     pub secret_name: Option<String>,
+
+    /// What a human must do to authorize this OAuthToken, while a device authorization is
+    /// pending: open `verificationUri` and enter `userCode` (or open `verificationUriComplete`)
+    /// before `expiresAt`. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<PendingAuthorization>,
+
+    /// The last value of the annotation `oauth-token-operator.io/refresh` the operator handled:
+    /// a requester waits until it shows the value it set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refresh_request: Option<String>,
+
+    /// What became of the request in `lastRefreshRequest`, for example that it came sooner than
+    /// `spec.minRefreshInterval` after the last refresh and no new token was requested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refresh_request_result: Option<String>,
+}
+
+/// A pending device authorization, as a human needs it. The device code itself is a secret and
+/// stays in the operator's memory.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingAuthorization {
+    /// The code to enter at `verificationUri`.
+    pub user_code: String,
+    /// Where to enter `userCode`.
+    pub verification_uri: String,
+    /// A URI that carries the code already, when the provider gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification_uri_complete: Option<String>,
+    /// When the code stops working; a new one is then shown after a back-off, or at once when
+    /// a refresh is asked for with the annotation.
+    pub expires_at: DateTime<Utc>,
 }
 
 impl OAuthToken {

@@ -240,8 +240,8 @@ impl Run<'_> {
                 self.client_credentials_grant(&settings, target.as_ref())
                     .await
             }
-            GrantSettings::RefreshToken { import } => {
-                self.refresh_token_grant(&settings, target.as_ref(), import)
+            GrantSettings::RefreshToken { import, .. } => {
+                self.refresh_token_grant(&settings, target.as_ref(), import.as_ref())
                     .await
             }
         }
@@ -252,7 +252,7 @@ impl Run<'_> {
         &self,
         settings: &Settings,
         target: Option<&Secret>,
-        import: &settings::KeyRef,
+        import: Option<&settings::KeyRef>,
     ) -> Result<Outcome, Error> {
         let fencing = &self.ctx.fencing;
         let mut store = match ChainStore::load(self.secrets, self.token, &self.ctx.caches).await? {
@@ -272,9 +272,13 @@ impl Run<'_> {
             Err(message) => return Ok(Outcome::invalid_spec(message)),
         };
         let binding = settings.binding(&identity.client_id);
-        let offer = self
-            .import_offer(settings, import, stored.as_ref(), &binding)
-            .await?;
+        let offer = match import {
+            Some(import) => {
+                self.import_offer(settings, import, stored.as_ref(), &binding)
+                    .await?
+            }
+            None => None,
+        };
         let uid = self.token.uid().unwrap_or_default();
         let imported = offer.as_ref().is_some_and(|offer| {
             fencing.imports(
@@ -766,7 +770,11 @@ impl Run<'_> {
 
     /// No chain to refresh: nothing imported yet, or the state Secret is gone.
     fn no_chain(&self, inputs: &Inputs<'_>, done: &Done<TokenState>) -> Outcome {
-        let GrantSettings::RefreshToken { import } = &inputs.settings.grant else {
+        let GrantSettings::RefreshToken {
+            import: Some(import),
+            ..
+        } = &inputs.settings.grant
+        else {
             return Outcome::invalid_spec("no refresh token".to_string());
         };
         if matches!(done, Done::NoToken) {

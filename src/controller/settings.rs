@@ -7,7 +7,8 @@ use url::Url;
 use super::state::{Binding, fingerprint};
 use crate::api::{
     ClientAuthentication, DEFAULT_CLIENT_ID_KEY, DEFAULT_CLIENT_SECRET_KEY,
-    DEFAULT_REFRESH_TOKEN_KEY, OAuthToken, OAuthTokenSpec,
+    DEFAULT_MIN_REFRESH_INTERVAL, DEFAULT_REFRESH_TOKEN_EXPIRY_WARNING, DEFAULT_REFRESH_TOKEN_KEY,
+    OAuthToken, OAuthTokenSpec, Reauthorization,
 };
 use crate::oauth::budget::Limit;
 use crate::oauth::{AuthMethod, TokenClient};
@@ -35,7 +36,14 @@ pub struct ClientSource {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GrantSettings {
-    RefreshToken { import: KeyRef },
+    /// A refresh-token chain, begun by an import (`import`) or a device authorization
+    /// (`device`), or either.
+    RefreshToken {
+        import: Option<KeyRef>,
+        /// The device authorization endpoint, when the chain is begun and restored by the
+        /// device flow.
+        device: Option<Url>,
+    },
     ClientCredentials,
 }
 
@@ -53,6 +61,11 @@ pub struct Settings {
     pub target_secret: String,
     /// The budget this OAuthToken declares for its token endpoint's origin, if any.
     pub budget: Option<Limit>,
+    /// `spec.minRefreshInterval`: refreshes asked for sooner after the last one are only
+    /// acknowledged.
+    pub min_refresh_interval: Duration,
+    /// `spec.refreshTokenExpiryWarning`.
+    pub refresh_token_expiry_warning: Duration,
 }
 
 impl Settings {
@@ -91,7 +104,11 @@ impl Settings {
             .flatten()
             .map(|k| k.secret.as_str())
             .collect();
-        if let GrantSettings::RefreshToken { import } = &self.grant {
+        if let GrantSettings::RefreshToken {
+            import: Some(import),
+            ..
+        } = &self.grant
+        {
             names.push(&import.secret);
         }
         names.sort_unstable();
@@ -107,27 +124,60 @@ pub fn resolve(token: &OAuthToken, token_client: &TokenClient) -> Result<Setting
         .check_endpoint(&spec.token_endpoint)
         .map_err(|e| format!("spec.tokenEndpoint: {e}"))?;
 
-    let grant = match (&spec.grant.refresh_token, &spec.grant.client_credentials) {
-        (Some(refresh), None) => {
+    let grant = match (
+        &spec.grant.refresh_token,
+        &spec.grant.client_credentials,
+        &spec.grant.device_code,
+    ) {
+        (Some(refresh), None, None) => {
             let reference = &refresh.initial_refresh_token_secret_ref;
             check_secret_name(
                 "spec.grant.refreshToken.initialRefreshTokenSecretRef.name",
                 &reference.name,
             )?;
+            let device = match (
+                refresh.reauthorization,
+                &refresh.device_authorization_endpoint,
+            ) {
+                (Reauthorization::Import, _) => None,
+                (Reauthorization::DeviceCode, Some(raw)) => Some(device_endpoint(
+                    "spec.grant.refreshToken.deviceAuthorizationEndpoint",
+                    raw,
+                    &endpoint,
+                    token_client,
+                )?),
+                (Reauthorization::DeviceCode, None) => {
+                    return Err(
+                        "spec.grant.refreshToken.reauthorization DeviceCode needs deviceAuthorizationEndpoint"
+                            .to_string(),
+                    );
+                }
+            };
             GrantSettings::RefreshToken {
-                import: KeyRef {
+                import: Some(KeyRef {
                     secret: reference.name.clone(),
                     key: reference
                         .key
                         .clone()
                         .unwrap_or_else(|| DEFAULT_REFRESH_TOKEN_KEY.to_string()),
-                },
+                }),
+                device,
             }
         }
-        (None, Some(_)) => GrantSettings::ClientCredentials,
+        (None, Some(_), None) => GrantSettings::ClientCredentials,
+        (None, None, Some(device)) => GrantSettings::RefreshToken {
+            import: None,
+            device: Some(device_endpoint(
+                "spec.grant.deviceCode.deviceAuthorizationEndpoint",
+                &device.device_authorization_endpoint,
+                &endpoint,
+                token_client,
+            )?),
+        },
         _ => {
             return Err(
-                "spec.grant: set exactly one of refreshToken or clientCredentials".to_string(),
+                "spec.grant: set exactly one of refreshToken, clientCredentials or deviceCode"
+                    .to_string(),
             );
         }
     };
@@ -209,7 +259,7 @@ pub fn resolve(token: &OAuthToken, token_client: &TokenClient) -> Result<Setting
     let refresh_token_lifetime = match &spec.refresh_token_lifetime {
         Some(_) if grant == GrantSettings::ClientCredentials => {
             return Err(
-                "spec.refreshTokenLifetime only applies to the refreshToken grant; the clientCredentials grant has no refresh token"
+                "spec.refreshTokenLifetime only applies to grants with refresh tokens; the clientCredentials grant has none"
                     .to_string(),
             );
         }
@@ -222,6 +272,26 @@ pub fn resolve(token: &OAuthToken, token_client: &TokenClient) -> Result<Setting
             Some(lifetime)
         }
         None => None,
+    };
+
+    let min_refresh_interval = parse_duration(
+        spec.min_refresh_interval
+            .as_deref()
+            .unwrap_or(DEFAULT_MIN_REFRESH_INTERVAL),
+    )
+    .map_err(|e| format!("spec.minRefreshInterval: {e}"))?;
+    let refresh_token_expiry_warning = match &spec.refresh_token_expiry_warning {
+        Some(_) if grant == GrantSettings::ClientCredentials => {
+            return Err(
+                "spec.refreshTokenExpiryWarning only applies to grants with refresh tokens; the clientCredentials grant has none"
+                    .to_string(),
+            );
+        }
+        text => parse_duration(
+            text.as_deref()
+                .unwrap_or(DEFAULT_REFRESH_TOKEN_EXPIRY_WARNING),
+        )
+        .map_err(|e| format!("spec.refreshTokenExpiryWarning: {e}"))?,
     };
 
     let target_secret = token.target_secret_name();
@@ -254,7 +324,29 @@ pub fn resolve(token: &OAuthToken, token_client: &TokenClient) -> Result<Setting
         refresh_token_lifetime,
         target_secret,
         budget,
+        min_refresh_interval,
+        refresh_token_expiry_warning,
     })
+}
+
+/// A device authorization endpoint gets the client's credentials, so it must be on the token
+/// endpoint's origin: a credential is only sent where it belongs.
+fn device_endpoint(
+    field: &str,
+    raw: &str,
+    token_endpoint: &Url,
+    token_client: &TokenClient,
+) -> Result<Url, String> {
+    let url = token_client
+        .check_endpoint(raw)
+        .map_err(|e| format!("{field}: {e}"))?;
+    if url.origin() != token_endpoint.origin() {
+        return Err(format!(
+            "{field}: must be on the token endpoint's origin ({}); the client's credentials are only sent there",
+            token_endpoint.origin().ascii_serialization()
+        ));
+    }
+    Ok(url)
 }
 
 /// Secret names are DNS subdomains (RFC 1123): lower case alphanumerics, `-` and `.`.
@@ -298,8 +390,11 @@ mod tests {
                         name: "auth".into(),
                         key: None,
                     },
+                    reauthorization: Default::default(),
+                    device_authorization_endpoint: None,
                 }),
                 client_credentials: None,
+                device_code: None,
             },
             scopes: vec![],
             audience: None,
@@ -311,6 +406,10 @@ mod tests {
             secret_name: None,
             publish_refresh_token: false,
             token_endpoint_budget: None,
+            suspend: false,
+            min_refresh_interval: None,
+            refresh_token_expiry_warning: None,
+            authorization_endpoint: None,
         }
     }
 
@@ -328,10 +427,11 @@ mod tests {
         assert_eq!(
             settings.grant,
             GrantSettings::RefreshToken {
-                import: KeyRef {
+                import: Some(KeyRef {
                     secret: "auth".into(),
                     key: "refresh_token".into()
-                }
+                }),
+                device: None,
             }
         );
         assert_eq!(
@@ -406,11 +506,12 @@ mod tests {
         allegro.grant = Grant {
             refresh_token: None,
             client_credentials: Some(ClientCredentialsGrant {}),
+            device_code: None,
         };
         assert!(
             resolve_spec(allegro)
                 .unwrap_err()
-                .contains("only applies to the refreshToken grant")
+                .contains("only applies to grants with refresh tokens")
         );
     }
 
@@ -436,6 +537,7 @@ mod tests {
         public.grant = Grant {
             refresh_token: None,
             client_credentials: Some(ClientCredentialsGrant {}),
+            device_code: None,
         };
         assert!(resolve_spec(public).is_err());
         let mut missing = spec();
