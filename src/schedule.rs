@@ -190,6 +190,8 @@ pub enum RefreshReason {
     SpecChanged,
     /// The scheduled refresh time (or the end of a backoff) arrived.
     Due,
+    /// Someone asked for a refresh with the annotation.
+    Requested,
 }
 
 impl RefreshReason {
@@ -199,6 +201,7 @@ impl RefreshReason {
             RefreshReason::Imported => "imported",
             RefreshReason::SpecChanged => "spec_changed",
             RefreshReason::Due => "due",
+            RefreshReason::Requested => "requested",
         }
     }
 }
@@ -216,18 +219,24 @@ pub struct Observed {
     /// The next attempt after the most recent failure, if a failure happened after the current
     /// token was issued.
     pub retry_at: Option<DateTime<Utc>>,
+    /// A refresh asked for with the annotation, and allowed by [`refresh_request`].
+    pub requested: bool,
 }
 
 /// Decides whether to request a token now.
 ///
-/// A failure's backoff wins over everything but a fresh import or a spec change, which are user
-/// actions that deserve an immediate attempt.
+/// A failure's backoff wins over everything but a fresh import, a spec change or a refresh asked
+/// for, which are user actions that deserve an immediate attempt (a request is rate-limited by
+/// [`refresh_request`] instead).
 pub fn decide(observed: &Observed) -> Decision {
     if observed.imported {
         return Decision::RefreshNow(RefreshReason::Imported);
     }
     if observed.spec_changed {
         return Decision::RefreshNow(RefreshReason::SpecChanged);
+    }
+    if observed.requested {
+        return Decision::RefreshNow(RefreshReason::Requested);
     }
     if let Some(retry_at) = observed.retry_at {
         return due_or_wait(observed.now, retry_at, RefreshReason::Due);
@@ -244,6 +253,44 @@ fn due_or_wait(now: DateTime<Utc>, at: DateTime<Utc>, reason: RefreshReason) -> 
     } else {
         Decision::WaitUntil(at)
     }
+}
+
+/// What to do with a refresh asked for with the annotation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestVerdict {
+    /// Refresh now.
+    Refresh,
+    /// The last token request was at `last`, within `spec.minRefreshInterval`: acknowledge
+    /// without a new request. A consumer that crash-loops on a 401 must not become a refresh
+    /// storm at the provider.
+    TooSoon { last: DateTime<Utc> },
+}
+
+/// Whether a requested refresh may go out: not within `min_interval` of the last token request,
+/// successful (`last_refresh`) or failed (`last_failure`).
+pub fn refresh_request(
+    now: DateTime<Utc>,
+    last_refresh: Option<DateTime<Utc>>,
+    last_failure: Option<DateTime<Utc>>,
+    min_interval: Duration,
+) -> RequestVerdict {
+    match last_refresh.max(last_failure) {
+        Some(last)
+            if last
+                .checked_add_signed(delta(min_interval))
+                .is_none_or(|end| now < end) =>
+        {
+            RequestVerdict::TooSoon { last }
+        }
+        _ => RequestVerdict::Refresh,
+    }
+}
+
+/// When the refresh token's expiry warning begins: `warning` before `expires_at`.
+pub fn expiry_warning_at(expires_at: DateTime<Utc>, warning: Duration) -> DateTime<Utc> {
+    expires_at
+        .checked_sub_signed(delta(warning))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
 /// A `Duration` as a `TimeDelta`, saturating at `TimeDelta::MAX`.
@@ -553,7 +600,58 @@ mod tests {
             spec_changed: false,
             token_refresh_at: Some(t(200)),
             retry_at: None,
+            requested: false,
         }
+    }
+
+    #[test]
+    fn a_requested_refresh_skips_the_wait_and_the_backoff() {
+        let requested = Observed {
+            requested: true,
+            retry_at: Some(t(5000)),
+            ..observed()
+        };
+        assert_eq!(
+            decide(&requested),
+            Decision::RefreshNow(RefreshReason::Requested)
+        );
+    }
+
+    #[test]
+    fn requests_within_the_minimum_interval_of_any_token_request_are_too_soon() {
+        let interval = secs(10);
+        assert_eq!(
+            refresh_request(t(100), None, None, interval),
+            RequestVerdict::Refresh
+        );
+        assert_eq!(
+            refresh_request(t(105), Some(t(100)), None, interval),
+            RequestVerdict::TooSoon { last: t(100) }
+        );
+        // A failed request counts: a consumer looping on 401s while the provider is down must
+        // not hammer it either.
+        assert_eq!(
+            refresh_request(t(105), Some(t(50)), Some(t(99)), interval),
+            RequestVerdict::TooSoon { last: t(99) }
+        );
+        assert_eq!(
+            refresh_request(t(110), Some(t(100)), None, interval),
+            RequestVerdict::Refresh
+        );
+        // Absurd intervals saturate instead of panicking.
+        assert_eq!(
+            refresh_request(t(110), Some(t(100)), None, Duration::MAX),
+            RequestVerdict::TooSoon { last: t(100) }
+        );
+    }
+
+    #[test]
+    fn the_expiry_warning_begins_its_length_before_the_expiry() {
+        assert_eq!(expiry_warning_at(t(1000), secs(100)), t(900));
+        assert_eq!(
+            expiry_warning_at(t(1000), Duration::MAX),
+            DateTime::<Utc>::MIN_UTC
+        );
     }
 
     #[test]

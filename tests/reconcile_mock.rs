@@ -1673,3 +1673,187 @@ async fn the_fake_provider_authenticates_the_client_and_detects_reuse() {
     );
     assert_eq!(endpoint.rejected_credentials(), 5);
 }
+
+impl Fixture {
+    /// Asks for a refresh the way `kubectl oauthtoken refresh` does: a new annotation value.
+    fn request_refresh(&self, value: &str) {
+        let path = token_path("allegro");
+        let mut token = self.api.get(&path).unwrap();
+        token["metadata"]["annotations"] = json!({"oauth-token-operator.io/refresh": value});
+        self.api.put(&path, token);
+        self.user_edited(&[path]);
+    }
+
+    fn acknowledged(&self) -> (Value, String) {
+        let status = self.status();
+        (
+            status["lastRefreshRequest"].clone(),
+            status["lastRefreshRequestResult"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    }
+}
+
+in_every_cache_mode!(a_refresh_request_refreshes_once_and_is_acknowledged);
+async fn a_refresh_request_refreshes_once_and_is_acknowledged(caching: Caching) {
+    let f = Fixture::build(Some(3600), json!({"minRefreshInterval": "1ms"}), caching).await;
+    f.reconcile().await.unwrap();
+    assert_eq!(f.endpoint.presented(), vec!["rt-0"]);
+    // The token is fresh: only the request makes the operator refresh it.
+    f.request_refresh("2026-12-05T10:00:00.000000001Z");
+    f.reconcile().await.unwrap();
+    assert_eq!(f.endpoint.presented(), vec!["rt-0", "rt-1"]);
+    let (value, result) = f.acknowledged();
+    assert_eq!(value, "2026-12-05T10:00:00.000000001Z");
+    assert!(
+        result.starts_with("Refreshed: a new access token"),
+        "{result}"
+    );
+    assert_eq!(f.state_data("refresh_token").as_deref(), Some("rt-2"));
+    // Acknowledged once: the same value asks for nothing more.
+    f.api.clear_log();
+    f.reconcile().await.unwrap();
+    f.reconcile().await.unwrap();
+    assert_eq!(f.endpoint.presented(), vec!["rt-0", "rt-1"]);
+    assert_eq!(f.api.writes(), Vec::<String>::new());
+    assert!(f.endpoint.reuses().is_empty());
+    f.assert_no_secret_leaks();
+}
+
+#[tokio::test]
+async fn requests_within_the_minimum_interval_are_acknowledged_without_a_token_request() {
+    let f = Fixture::new(Some(3600)).await;
+    f.reconcile().await.unwrap();
+    // A consumer crash-looping on 401s asks again and again: one token request in all.
+    for attempt in 0..5 {
+        f.request_refresh(&format!("loop-{attempt}"));
+        f.reconcile().await.unwrap();
+        let (value, result) = f.acknowledged();
+        assert_eq!(value, format!("loop-{attempt}"));
+        assert!(
+            result.starts_with("Not refreshed: the last token request was at")
+                && result.contains("spec.minRefreshInterval (10s)"),
+            "{result}"
+        );
+    }
+    assert_eq!(f.endpoint.presented(), vec!["rt-0"]);
+    assert_eq!(f.condition("Ready"), ("True".into(), "TokenValid".into()));
+}
+
+#[tokio::test]
+async fn a_suspended_token_requests_nothing_until_resumed() {
+    let f = Fixture::with_spec(Some(3600), json!({"suspend": true})).await;
+    f.reconcile().await.unwrap();
+    f.request_refresh("while-suspended");
+    f.reconcile().await.unwrap();
+    assert_eq!(f.endpoint.requests(), 0, "no token request while suspended");
+    assert!(
+        f.api.get(&secret_path("allegro-oauth-state")).is_none(),
+        "nothing imported while suspended: the old refresher may still hold the token"
+    );
+    assert_eq!(f.condition("Ready"), ("False".into(), "Suspended".into()));
+    assert!(
+        f.condition_message("Ready")
+            .contains("spec.suspend is true")
+    );
+    let (value, result) = f.acknowledged();
+    assert_eq!(value, "while-suspended");
+    assert!(result.starts_with("Not refreshed (Suspended)"), "{result}");
+    assert_eq!(f.api.events(), vec!["Normal Suspended"]);
+
+    f.edit_spec(json!({"suspend": false}));
+    f.reconcile().await.unwrap();
+    assert_eq!(f.endpoint.presented(), vec!["rt-0"]);
+    assert_eq!(f.condition("Ready"), ("True".into(), "TokenValid".into()));
+    assert_eq!(
+        f.api.events(),
+        vec!["Normal Suspended", "Normal Resumed", "Normal TokenIssued"]
+    );
+
+    // Suspended again with a published token: it stays, and nothing is requested when due.
+    f.edit_spec(json!({"suspend": true}));
+    f.make_due();
+    f.reconcile().await.unwrap();
+    assert_eq!(f.endpoint.requests(), 1);
+    assert!(f.api.get(&secret_path("allegro-token")).is_some());
+    assert!(
+        f.condition_message("Ready")
+            .contains("stays in Secret allegro-token")
+    );
+    assert!(f.status()["nextRefreshAt"].is_null());
+}
+
+#[tokio::test]
+async fn the_refresh_token_expiry_warning_turns_on_within_its_window() {
+    // A refresh token that lives an hour, with a warning window of two: expiring at once.
+    let f = Fixture::with_spec(
+        Some(600),
+        json!({"refreshTokenLifetime": "1h", "refreshTokenExpiryWarning": "2h"}),
+    )
+    .await;
+    f.reconcile().await.unwrap();
+    assert_eq!(
+        f.condition("RefreshTokenExpiring"),
+        ("True".into(), "ExpiresSoon".into())
+    );
+    let message = f.condition_message("RefreshTokenExpiring");
+    assert!(
+        message.contains("kubectl oauthtoken authorize allegro -n")
+            && message.contains("Secret allegro-authorization"),
+        "{message}"
+    );
+    assert_eq!(
+        f.api.events(),
+        vec!["Warning RefreshTokenExpiring", "Normal TokenIssued"]
+    );
+    // One Event for the transition, not one per reconcile.
+    f.make_due();
+    f.reconcile().await.unwrap();
+    assert_eq!(
+        f.api
+            .events()
+            .iter()
+            .filter(|e| *e == "Warning RefreshTokenExpiring")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn the_expiry_warning_wakes_the_reconcile_when_it_begins() {
+    // Access tokens for 2 h (refreshed after 80 min); the refresh token dies after 1 h, and the
+    // warning begins 30 min before: the reconcile must look again in 30 min, not 80. (A
+    // non-rotating refresh token's expiry moves only with a new import.)
+    let f = Fixture::with_spec(
+        Some(7200),
+        json!({"refreshTokenLifetime": "1h", "refreshTokenExpiryWarning": "30m"}),
+    )
+    .await;
+    let action = f.reconcile().await.unwrap();
+    assert_eq!(
+        f.condition("RefreshTokenExpiring"),
+        ("False".into(), "NotExpiring".into())
+    );
+    let wait = requeue_after(&action).unwrap();
+    assert!(
+        wait <= Duration::from_secs(30 * 60 + 5) && wait >= Duration::from_secs(29 * 60),
+        "{wait:?}"
+    );
+}
+
+#[tokio::test]
+async fn client_credentials_have_no_refresh_token_expiry_condition() {
+    let f = Fixture::with_spec(Some(3600), json!({"grant": {"clientCredentials": {}}})).await;
+    f.reconcile().await.unwrap();
+    let status = f.status();
+    assert!(
+        !status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["type"] == "RefreshTokenExpiring"),
+        "{status}"
+    );
+}

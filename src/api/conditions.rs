@@ -7,6 +7,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 pub const READY: &str = "Ready";
 /// True when the provider rejected the refresh token and a human must re-authorize.
 pub const REAUTHORIZATION_REQUIRED: &str = "ReauthorizationRequired";
+/// True within `spec.refreshTokenExpiryWarning` of the refresh token's expiry: a human should
+/// authorize again before the chain dies.
+pub const REFRESH_TOKEN_EXPIRING: &str = "RefreshTokenExpiring";
 
 /// Condition reasons. PascalCase, stable: users alert on them.
 pub mod reason {
@@ -46,6 +49,22 @@ pub mod reason {
     pub const AUTHORIZED: &str = "Authorized";
     /// The grant does not use refresh tokens.
     pub const NOT_APPLICABLE: &str = "NotApplicable";
+    /// `spec.suspend` is true: no token requests.
+    pub const SUSPENDED: &str = "Suspended";
+    /// The refresh token expires within `spec.refreshTokenExpiryWarning`.
+    pub const EXPIRES_SOON: &str = "ExpiresSoon";
+    /// The refresh token's expiry has passed.
+    pub const EXPIRED: &str = "Expired";
+    /// The refresh token is valid for longer than `spec.refreshTokenExpiryWarning`.
+    pub const NOT_EXPIRING: &str = "NotExpiring";
+    /// Neither the provider nor `spec.refreshTokenLifetime` says when the refresh token expires.
+    pub const EXPIRY_UNKNOWN: &str = "ExpiryUnknown";
+    /// A device authorization waits for a human to enter the user code.
+    pub const AUTHORIZATION_PENDING: &str = "AuthorizationPending";
+    /// The human declined the device authorization (`access_denied`).
+    pub const ACCESS_DENIED: &str = "AccessDenied";
+    /// The device code expired before a human entered it.
+    pub const AUTHORIZATION_EXPIRED: &str = "AuthorizationExpired";
 }
 
 /// Status values of a condition.

@@ -24,7 +24,9 @@ use kube::{Api, Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
 use super::cached_token::CachedToken;
-use crate::api::{MANAGED_BY_LABEL, OAuthToken, OWNER_LABEL, ROLE_TARGET, SECRET_ROLE_LABEL};
+use crate::api::{
+    MANAGED_BY_LABEL, OAuthToken, OWNER_LABEL, REFRESH_ANNOTATION, ROLE_TARGET, SECRET_ROLE_LABEL,
+};
 
 /// Annotation that exists only in this process's cache: the SHA-256 of a token Secret's data,
 /// kept instead of the data itself.
@@ -509,20 +511,34 @@ pub fn is_older(version: Option<&str>, than: &str) -> bool {
     }
 }
 
-/// What the OAuthToken cache keeps: spec, status and the identity of the object. Labels and
-/// annotations (often a whole copy of the manifest in `last-applied-configuration`) and
-/// managedFields are not read by the operator.
+/// What the OAuthToken cache keeps: spec, status, the identity of the object and a refresh
+/// asked for with the annotation. Labels, other annotations (often a whole copy of the manifest
+/// in `last-applied-configuration`) and managedFields are not read by the operator.
 pub fn strip_token(token: &mut OAuthToken) {
     token.metadata.managed_fields = None;
     token.metadata.labels = None;
-    token.metadata.annotations = None;
+    let request = token
+        .metadata
+        .annotations
+        .take()
+        .and_then(|mut all| all.remove_entry(REFRESH_ANNOTATION));
+    token.metadata.annotations = request.map(|entry| [entry].into());
 }
 
 /// Whether `token` is an OAuthToken the controller has not seen, or has seen with another spec
-/// (generation), than the `cached` version: what starts a reconcile.
+/// (generation) or another refresh request than the `cached` version: what starts a reconcile.
 pub fn is_new_spec<K: Resource>(cached: Option<&K>, token: &K) -> bool {
+    let request = |k: &K| {
+        k.meta()
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(REFRESH_ANNOTATION))
+            .cloned()
+    };
     cached.is_none_or(|old| {
-        old.meta().uid != token.meta().uid || old.meta().generation != token.meta().generation
+        old.meta().uid != token.meta().uid
+            || old.meta().generation != token.meta().generation
+            || request(old) != request(token)
     })
 }
 
@@ -1046,6 +1062,42 @@ mod tests {
         assert!(!is_new_spec(Some(&first), &token("u1", 1, "RefreshFailed")));
         assert!(is_new_spec(Some(&first), &token("u1", 2, "TokenValid")));
         assert!(is_new_spec(Some(&first), &token("u2", 1, "TokenValid")));
+    }
+
+    #[test]
+    fn a_new_refresh_request_starts_a_reconcile_and_survives_the_strip() {
+        let token = |request: Option<&str>| -> OAuthToken {
+            let mut annotations = serde_json::json!({
+                "kubectl.kubernetes.io/last-applied-configuration": "{\"a\": 1}",
+            });
+            if let Some(request) = request {
+                annotations[REFRESH_ANNOTATION] = request.into();
+            }
+            let mut token: OAuthToken = serde_json::from_value(serde_json::json!({
+                "apiVersion": "oauth-token-operator.io/v1alpha1", "kind": "OAuthToken",
+                "metadata": {"name": "a", "namespace": "shop", "uid": "u1", "generation": 1,
+                             "annotations": annotations},
+                "spec": {
+                    "tokenEndpoint": "https://idp.test/token",
+                    "clientSecretRef": {"name": "client"},
+                    "grant": {"clientCredentials": {}},
+                },
+            }))
+            .unwrap();
+            strip_token(&mut token);
+            token
+        };
+        let none = token(None);
+        assert_eq!(none.metadata.annotations, None);
+        let first = token(Some("1"));
+        assert_eq!(
+            first.metadata.annotations,
+            Some([(REFRESH_ANNOTATION.to_string(), "1".to_string())].into())
+        );
+        assert!(is_new_spec(Some(&none), &first));
+        assert!(!is_new_spec(Some(&first), &token(Some("1"))));
+        assert!(is_new_spec(Some(&first), &token(Some("2"))));
+        assert!(is_new_spec(Some(&first), &none));
     }
 
     #[test]

@@ -18,9 +18,9 @@ use super::chain::{self, ChainStore, Ended, ForeignStateSecret, Sent, send_withi
 use super::secrets::{self, controlled_by, secret_text};
 use super::settings::{self, ClientSource, GrantSettings, Settings};
 use super::state::{AccessToken, Binding, TokenState, fingerprint, rfc3339};
-use super::status::{self, Outcome};
+use super::status::{self, Outcome, RefreshRequest};
 use super::{Context, Error, MAX_BUDGET_WAIT};
-use crate::api::conditions::reason;
+use crate::api::conditions::{self, REFRESH_TOKEN_EXPIRING, reason};
 use crate::api::{OAuthToken, OAuthTokenStatus};
 use crate::oauth::budget::Admission;
 use crate::oauth::{
@@ -70,6 +70,7 @@ pub async fn reconcile<K: Resource>(object: Arc<K>, ctx: Arc<Context>) -> Result
     let now = Utc::now();
     let previous = token.status.clone().unwrap_or_default();
 
+    let min_interval = status::min_refresh_interval(&token);
     let run = Run {
         token: &token,
         secrets: &secrets,
@@ -77,9 +78,19 @@ pub async fn reconcile<K: Resource>(object: Arc<K>, ctx: Arc<Context>) -> Result
         now,
         previous: &previous,
         recorded: Mutex::default(),
+        request: RefreshRequest::pending(&token, now, min_interval),
     };
     let outcome = run.execute().await?;
     let mut next = status::desired(&token, &previous, &outcome, now);
+    // A refresh asked for is acknowledged once its answer is known.
+    if let Some(request) = &run.request
+        && let Some(result) =
+            status::acknowledgement(request, &outcome, &previous, &next, min_interval)
+    {
+        info!(request = request.value, result, "refresh request handled");
+        next.last_refresh_request = Some(request.value.clone());
+        next.last_refresh_request_result = Some(result);
+    }
     // What was imported last never goes back: the state Secret's word, else what this
     // reconcile recorded before presenting it, else what status said.
     let recorded = run
@@ -119,17 +130,35 @@ pub async fn reconcile<K: Resource>(object: Arc<K>, ctx: Arc<Context>) -> Result
     publish_events(&ctx, &token, &previous, &next, &outcome).await;
     // From the time the requeue is handed over, not from when this reconcile began: a
     // reconcile that took a token request and three writes would otherwise wake that late.
-    Ok(requeue_for(&outcome, Utc::now(), (ctx.jitter)()))
+    // The expiry warning turns on by the clock alone: look then.
+    let warning_at = status::uses_refresh_tokens(&token)
+        .then(|| status::expiry_warning_begins(&next, status::expiry_warning(&token), Utc::now()))
+        .flatten();
+    Ok(requeue_for(
+        &outcome,
+        Utc::now(),
+        (ctx.jitter)(),
+        warning_at,
+    ))
 }
 
-fn requeue_for(outcome: &Outcome, now: DateTime<Utc>, jitter_unit: f64) -> Action {
+fn requeue_for(
+    outcome: &Outcome,
+    now: DateTime<Utc>,
+    jitter_unit: f64,
+    also_at: Option<DateTime<Utc>>,
+) -> Action {
     let until = match outcome {
-        Outcome::Blocked { .. } | Outcome::ChainDead { .. } => None,
+        Outcome::Blocked { .. } | Outcome::ChainDead { .. } | Outcome::Suspended => None,
         // Continue from the chain another process stored.
         Outcome::Superseded => return Action::requeue(std::time::Duration::from_secs(1)),
         Outcome::Issued { state, .. } => state.access.as_ref().map(|a| a.refresh_at),
         Outcome::Waiting { until, .. } | Outcome::Deferred { until } => Some(*until),
         Outcome::Failed { retry_at, .. } => Some(*retry_at),
+    };
+    let until = match (until, also_at) {
+        (Some(until), Some(also)) => Some(until.min(also)),
+        (until, also) => until.or(also),
     };
     Action::requeue(schedule::requeue_after(until, now, jitter_unit))
 }
@@ -142,6 +171,8 @@ struct Run<'a> {
     previous: &'a OAuthTokenStatus,
     /// An import this reconcile recorded in status before presenting it.
     recorded: Mutex<Option<RecordedImport>>,
+    /// A refresh asked for with the annotation and not acknowledged yet.
+    request: Option<RefreshRequest>,
 }
 
 #[derive(Clone)]
@@ -220,6 +251,11 @@ impl Run<'_> {
             Ok(settings) => settings,
             Err(message) => return Ok(Outcome::invalid_spec(message)),
         };
+        // After what this process owes the state Secret: a suspended OAuthToken still keeps
+        // the successor it holds.
+        if self.token.spec.suspend {
+            return Ok(Outcome::Suspended);
+        }
         let namespace = self.token.namespace().unwrap_or_default();
         let target = self
             .ctx
@@ -325,7 +361,9 @@ impl Run<'_> {
             binding,
             due: schedule.due,
             may_refresh: fencing.may_refresh(),
-            token_reported_unusable: false,
+            // Whoever asks for a refresh says the published token no longer serves them: no
+            // reason left to wait for a silent holder's late commit.
+            token_reported_unusable: RefreshRequest::refreshes(self.request.as_ref()),
         };
         let mut requests = TokenRequests {
             run: self,
@@ -412,6 +450,7 @@ impl Run<'_> {
             retry_at: (self.previous.failed_attempts > 0)
                 .then_some(self.previous.next_refresh_at)
                 .flatten(),
+            requested: RefreshRequest::refreshes(self.request.as_ref()),
         });
         debug!(?decision, "refresh decision");
         let mut schedule = Schedule {
@@ -1112,6 +1151,24 @@ async fn publish_events(
     let previous_reason = status::ready_reason(previous);
     let next_reason = status::ready_reason(next);
     let mut events = Vec::new();
+    let suspended = Some(reason::SUSPENDED);
+    if previous_reason.as_deref() == suspended && next_reason.as_deref() != suspended {
+        events.push((
+            EventType::Normal,
+            "Resumed",
+            "spec.suspend is false: refreshing resumed".to_string(),
+        ));
+    }
+    if let Some(expiring) = conditions::get(&next.conditions, REFRESH_TOKEN_EXPIRING)
+        && expiring.status == conditions::TRUE
+        && !conditions::is_true(&previous.conditions, REFRESH_TOKEN_EXPIRING)
+    {
+        events.push((
+            EventType::Warning,
+            "RefreshTokenExpiring",
+            expiring.message.clone(),
+        ));
+    }
     match outcome {
         // One Event per transition: a first token (the import that led to it included), a new
         // import (a human authorized again), a recovery; none for a routine refresh.
@@ -1185,6 +1242,13 @@ async fn publish_events(
         } => {
             if previous_reason.as_deref() != Some(reason::REFRESH_UNCONFIRMED) {
                 events.push((EventType::Warning, reason::REFRESH_UNCONFIRMED, why.clone()));
+            }
+        }
+        Outcome::Suspended => {
+            if previous_reason.as_deref() != suspended
+                && let Some(ready) = conditions::get(&next.conditions, conditions::READY)
+            {
+                events.push((EventType::Normal, reason::SUSPENDED, ready.message.clone()));
             }
         }
         Outcome::Issued { .. } | Outcome::Waiting { .. } | Outcome::Deferred { .. } => {}

@@ -3,10 +3,17 @@
 use chrono::{DateTime, Utc};
 
 use super::state::{TokenState, rfc3339};
-use crate::api::conditions::{self, FALSE, READY, REAUTHORIZATION_REQUIRED, TRUE, UNKNOWN, reason};
-use crate::api::{OAuthToken, OAuthTokenStatus};
+use crate::api::conditions::{
+    self, FALSE, READY, REAUTHORIZATION_REQUIRED, REFRESH_TOKEN_EXPIRING, TRUE, UNKNOWN, reason,
+};
+use crate::api::{
+    DEFAULT_MIN_REFRESH_INTERVAL, DEFAULT_REFRESH_TOKEN_EXPIRY_WARNING, DEFAULT_REFRESH_TOKEN_KEY,
+    OAuthToken, OAuthTokenStatus, REFRESH_ANNOTATION,
+};
 use crate::oauth::{FailureKind, OAuthError};
-use crate::schedule::truncate_to_seconds;
+use crate::schedule::{
+    RequestVerdict, expiry_warning_at, parse_duration, refresh_request, truncate_to_seconds,
+};
 
 /// The result of one reconcile, as far as status and Events are concerned.
 pub enum Outcome {
@@ -55,6 +62,8 @@ pub enum Outcome {
     /// A refresh is due, but the token endpoint's origin is out of budget (or paused by a
     /// `Retry-After`): look again at `until`. Status does not change.
     Deferred { until: DateTime<Utc> },
+    /// `spec.suspend` is true: no token requests; the published token stays until it expires.
+    Suspended,
 }
 
 impl Outcome {
@@ -65,7 +74,10 @@ impl Outcome {
             | Outcome::Waiting { state, .. }
             | Outcome::Failed { state, .. }
             | Outcome::ChainDead { state, .. } => Some(state),
-            Outcome::Blocked { .. } | Outcome::Superseded | Outcome::Deferred { .. } => None,
+            Outcome::Blocked { .. }
+            | Outcome::Superseded
+            | Outcome::Deferred { .. }
+            | Outcome::Suspended => None,
         }
     }
 
@@ -95,7 +107,7 @@ pub fn desired(
     let conditions = ConditionWriter {
         generation: token.metadata.generation,
         now,
-        uses_refresh_tokens: token.spec.grant.refresh_token.is_some(),
+        uses_refresh_tokens: uses_refresh_tokens(token),
     };
     let set =
         |next: &mut OAuthTokenStatus, type_: &str, status: &str, why: &str, message: String| {
@@ -189,6 +201,26 @@ pub fn desired(
         }
         // Only when to look again changes, and that is not status.
         Outcome::Deferred { .. } => {}
+        Outcome::Suspended => {
+            let published = match next.expires_at {
+                Some(at) if at > now => format!(
+                    "; the published access token stays in Secret {} until it expires at {}",
+                    token.target_secret_name(),
+                    rfc3339(at)
+                ),
+                _ => String::new(),
+            };
+            set(
+                &mut next,
+                READY,
+                FALSE,
+                reason::SUSPENDED,
+                format!(
+                    "spec.suspend is true: no token requests{published}. Set spec.suspend to false to resume refreshing"
+                ),
+            );
+            next.next_refresh_at = None;
+        }
         Outcome::Superseded => {
             set(
                 &mut next,
@@ -289,7 +321,166 @@ pub fn desired(
     if let Some(state) = outcome.state().filter(|s| s.refresh_token.is_some()) {
         next.refresh_token_expires_at = state.refresh_token_expires_at;
     }
+    if conditions.uses_refresh_tokens {
+        conditions.refresh_token_expiring(&mut next, expiry_warning(token), token);
+    }
     next
+}
+
+/// Whether the OAuthToken's grant keeps a refresh-token chain.
+pub fn uses_refresh_tokens(token: &OAuthToken) -> bool {
+    token.spec.grant.refresh_token.is_some() || token.spec.grant.device_code.is_some()
+}
+
+/// `spec.refreshTokenExpiryWarning`, or its default (a spec where it does not parse is blocked
+/// with InvalidSpec anyway).
+pub fn expiry_warning(token: &OAuthToken) -> std::time::Duration {
+    token
+        .spec
+        .refresh_token_expiry_warning
+        .as_deref()
+        .and_then(|text| parse_duration(text).ok())
+        .or_else(|| parse_duration(DEFAULT_REFRESH_TOKEN_EXPIRY_WARNING).ok())
+        .unwrap_or_default()
+}
+
+/// `spec.minRefreshInterval`, or its default (a spec where it does not parse is blocked with
+/// InvalidSpec anyway).
+pub fn min_refresh_interval(token: &OAuthToken) -> std::time::Duration {
+    token
+        .spec
+        .min_refresh_interval
+        .as_deref()
+        .and_then(|text| parse_duration(text).ok())
+        .or_else(|| parse_duration(DEFAULT_MIN_REFRESH_INTERVAL).ok())
+        .unwrap_or_default()
+}
+
+/// When the `RefreshTokenExpiring` condition turns True next, if it is False now: a reconcile
+/// must look then.
+pub fn expiry_warning_begins(
+    status: &OAuthTokenStatus,
+    warning: std::time::Duration,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let begins = expiry_warning_at(status.refresh_token_expires_at?, warning);
+    (begins > now && !conditions::is_true(&status.conditions, REFRESH_TOKEN_EXPIRING))
+        .then_some(begins)
+}
+
+/// A refresh asked for with the annotation `oauth-token-operator.io/refresh`, not yet
+/// acknowledged in status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefreshRequest {
+    pub value: String,
+    pub verdict: RequestVerdict,
+}
+
+impl RefreshRequest {
+    /// The OAuthToken's pending request, if any: an annotation value that status does not
+    /// acknowledge yet.
+    pub fn pending(
+        token: &OAuthToken,
+        now: DateTime<Utc>,
+        min_interval: std::time::Duration,
+    ) -> Option<RefreshRequest> {
+        let value = token
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(REFRESH_ANNOTATION)?;
+        let status = token.status.as_ref();
+        if status.and_then(|s| s.last_refresh_request.as_ref()) == Some(value) {
+            return None;
+        }
+        let verdict = refresh_request(
+            now,
+            status.and_then(|s| s.last_refresh_at),
+            status.and_then(|s| s.last_failure_at),
+            min_interval,
+        );
+        Some(RefreshRequest {
+            value: value.clone(),
+            verdict,
+        })
+    }
+
+    /// Whether the request asks for a token request now.
+    pub fn refreshes(request: Option<&RefreshRequest>) -> bool {
+        request.is_some_and(|r| r.verdict == RequestVerdict::Refresh)
+    }
+}
+
+/// What to tell the requester of `request` after `outcome`, or `None` while the answer is still
+/// to come (another process holds the refresh token, the origin's budget put the refresh off,
+/// this process does not lead): a later reconcile acknowledges it.
+pub fn acknowledgement(
+    request: &RefreshRequest,
+    outcome: &Outcome,
+    previous: &OAuthTokenStatus,
+    next: &OAuthTokenStatus,
+    min_interval: std::time::Duration,
+) -> Option<String> {
+    let text = acknowledgement_text(request, outcome, next, min_interval)?;
+    // The request was the consumer's word that the published token no longer serves: it ended
+    // the wait for an answer that may still have come.
+    let ended_wait = request.verdict == RequestVerdict::Refresh
+        && ready_reason(previous).as_deref() == Some(reason::REFRESH_UNCONFIRMED)
+        && !matches!(outcome, Outcome::Blocked { .. } | Outcome::Suspended);
+    Some(if ended_wait {
+        format!(
+            "{text}. This request ended the wait for the unconfirmed answer to an earlier presentation of the refresh token: a refresh request says the published access token no longer serves"
+        )
+    } else {
+        text
+    })
+}
+
+fn acknowledgement_text(
+    request: &RefreshRequest,
+    outcome: &Outcome,
+    next: &OAuthTokenStatus,
+    min_interval: std::time::Duration,
+) -> Option<String> {
+    let published = || match next.expires_at {
+        Some(at) => format!("the published access token is valid until {}", rfc3339(at)),
+        None => "no access token is published".to_string(),
+    };
+    if let RequestVerdict::TooSoon { last } = request.verdict {
+        return Some(format!(
+            "Not refreshed: the last token request was at {}, less than spec.minRefreshInterval ({}) before this request; {}",
+            rfc3339(last),
+            humantime::format_duration(min_interval),
+            published()
+        ));
+    }
+    let why_not = |reason: &str, message: &str| format!("Not refreshed ({reason}): {message}");
+    match outcome {
+        Outcome::Issued { state, .. } => Some(match &state.access {
+            Some(access) => format!(
+                "Refreshed: a new access token was issued at {}, valid until {}",
+                rfc3339(access.issued_at),
+                rfc3339(access.expires_at)
+            ),
+            None => "Refreshed".to_string(),
+        }),
+        Outcome::Failed {
+            error, retry_at, ..
+        } => Some(format!(
+            "Refresh failed: {error}; {}; next attempt at {}",
+            published(),
+            rfc3339(*retry_at)
+        )),
+        Outcome::ChainDead {
+            reason, message, ..
+        }
+        | Outcome::Blocked { reason, message } => Some(why_not(reason, message)),
+        Outcome::Suspended => Some(why_not(
+            reason::SUSPENDED,
+            "spec.suspend is true, so no token is requested",
+        )),
+        Outcome::Waiting { .. } | Outcome::Deferred { .. } | Outcome::Superseded => None,
+    }
 }
 
 struct ConditionWriter {
@@ -324,6 +515,58 @@ impl ConditionWriter {
         self.authorized(next);
     }
 
+    /// `RefreshTokenExpiring`: True from `warning` before the refresh token's expiry.
+    fn refresh_token_expiring(
+        &self,
+        next: &mut OAuthTokenStatus,
+        warning: std::time::Duration,
+        token: &OAuthToken,
+    ) {
+        let (status, why, message) = if conditions::is_true(
+            &next.conditions,
+            REAUTHORIZATION_REQUIRED,
+        ) {
+            (
+                FALSE,
+                reason::NOT_APPLICABLE,
+                "The chain has ended (see ReauthorizationRequired)".to_string(),
+            )
+        } else {
+            match next.refresh_token_expires_at {
+                None => (
+                    FALSE,
+                    reason::EXPIRY_UNKNOWN,
+                    "The provider states no refresh-token lifetime and spec.refreshTokenLifetime is not set".to_string(),
+                ),
+                Some(at) if at <= self.now => (
+                    TRUE,
+                    reason::EXPIRED,
+                    format!(
+                        "The refresh token expired at {}: no refresh succeeds until a human authorizes again ({})",
+                        rfc3339(at),
+                        how_to_authorize(token)
+                    ),
+                ),
+                Some(at) if expiry_warning_at(at, warning) <= self.now => (
+                    TRUE,
+                    reason::EXPIRES_SOON,
+                    format!(
+                        "The refresh token expires at {}, within spec.refreshTokenExpiryWarning ({}), and refreshing has not moved that: authorize again before then ({})",
+                        rfc3339(at),
+                        humantime::format_duration(warning),
+                        how_to_authorize(token)
+                    ),
+                ),
+                Some(at) => (
+                    FALSE,
+                    reason::NOT_EXPIRING,
+                    format!("The refresh token is valid until {}", rfc3339(at)),
+                ),
+            }
+        };
+        self.set(next, REFRESH_TOKEN_EXPIRING, status, why, message);
+    }
+
     /// `ReauthorizationRequired=False`, with a reason that fits the grant.
     fn authorized(&self, next: &mut OAuthTokenStatus) {
         let (why, message) = if self.uses_refresh_tokens {
@@ -341,6 +584,26 @@ impl ConditionWriter {
             why,
             message.to_string(),
         );
+    }
+}
+
+/// What a human runs to give this OAuthToken a new refresh token.
+pub fn how_to_authorize(token: &OAuthToken) -> String {
+    let name = token.metadata.name.as_deref().unwrap_or_default();
+    let namespace = token.metadata.namespace.as_deref().unwrap_or_default();
+    match &token.spec.grant.refresh_token {
+        Some(grant) => format!(
+            "kubectl oauthtoken authorize {name} -n {namespace}, or put a new refresh token in Secret {} key {}",
+            grant.initial_refresh_token_secret_ref.name,
+            grant
+                .initial_refresh_token_secret_ref
+                .key
+                .as_deref()
+                .unwrap_or(DEFAULT_REFRESH_TOKEN_KEY)
+        ),
+        None => format!(
+            "kubectl annotate oauthtoken {name} -n {namespace} --overwrite {REFRESH_ANNOTATION}=\"$(date +%s)\" starts a new device authorization"
+        ),
     }
 }
 
