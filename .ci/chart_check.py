@@ -98,6 +98,7 @@ METRICS = {
     "oauth_token_operator_reauthorization_required",
     "oauth_token_operator_access_token_expiry_timestamp_seconds",
     "oauth_token_operator_refresh_token_expiry_timestamp_seconds",
+    "oauth_token_operator_refresh_token_expiring",
     "oauth_token_operator_last_successful_refresh_timestamp_seconds",
     "oauth_token_operator_next_refresh_timestamp_seconds",
     "oauth_token_operator_refresh_attempts_total",
@@ -114,6 +115,7 @@ PER_TOKEN = {
     "oauth_token_operator_reauthorization_required",
     "oauth_token_operator_access_token_expiry_timestamp_seconds",
     "oauth_token_operator_refresh_token_expiry_timestamp_seconds",
+    "oauth_token_operator_refresh_token_expiring",
     "oauth_token_operator_last_successful_refresh_timestamp_seconds",
     "oauth_token_operator_next_refresh_timestamp_seconds",
 }

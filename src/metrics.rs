@@ -230,6 +230,11 @@ impl Metrics {
             ),
             access_token_expiry: status.expires_at.map(|at| at.timestamp()),
             refresh_token_expiry: status.refresh_token_expires_at.map(|at| at.timestamp()),
+            refresh_token_expiring: conditions::get(
+                &status.conditions,
+                conditions::REFRESH_TOKEN_EXPIRING,
+            )
+            .map(|c| c.status == conditions::TRUE),
             last_successful_refresh: status.last_refresh_at.map(|at| at.timestamp()),
             next_refresh: status.next_refresh_at.map(|at| at.timestamp()),
         };
@@ -266,6 +271,8 @@ struct TokenFigures {
     reauthorization_required: bool,
     access_token_expiry: Option<i64>,
     refresh_token_expiry: Option<i64>,
+    /// `None` for grants without refresh tokens (no such condition).
+    refresh_token_expiring: Option<bool>,
     last_successful_refresh: Option<i64>,
     next_refresh: Option<i64>,
 }
@@ -336,7 +343,7 @@ impl TokenSeries {
 /// A per-token gauge: its name, help and value.
 type PerTokenGauge = (&'static str, &'static str, fn(&TokenFigures) -> Option<i64>);
 
-const PER_TOKEN_GAUGES: [PerTokenGauge; 6] = [
+const PER_TOKEN_GAUGES: [PerTokenGauge; 7] = [
     (
         "ready",
         "1 when the OAuthToken's Ready condition is True, else 0",
@@ -356,6 +363,11 @@ const PER_TOKEN_GAUGES: [PerTokenGauge; 6] = [
         "refresh_token_expiry_timestamp_seconds",
         "When the refresh token expires, as a Unix timestamp; only when the provider states its lifetime or spec.refreshTokenLifetime gives it",
         |f| f.refresh_token_expiry,
+    ),
+    (
+        "refresh_token_expiring",
+        "1 when the OAuthToken's RefreshTokenExpiring condition is True (the refresh token expires within spec.refreshTokenExpiryWarning), else 0; only for grants with refresh tokens",
+        |f| f.refresh_token_expiring.map(i64::from),
     ),
     (
         "last_successful_refresh_timestamp_seconds",
@@ -406,6 +418,15 @@ mod tests {
         let mut with_refresh_expiry = status(true, false);
         with_refresh_expiry.refresh_token_expires_at =
             chrono::DateTime::from_timestamp(1_707_776_000, 0);
+        conditions::set(
+            &mut with_refresh_expiry.conditions,
+            conditions::REFRESH_TOKEN_EXPIRING,
+            conditions::TRUE,
+            "ExpiresSoon",
+            "m".to_string(),
+            None,
+            chrono::Utc::now(),
+        );
         metrics.observe_status("shop", "mercadolibre", &with_refresh_expiry);
         metrics.leader.set(1);
         let text = metrics.encode();
@@ -422,6 +443,7 @@ mod tests {
             "oauth_token_operator_reauthorization_required{namespace=\"shop\",name=\"allegro\"} 0",
             "# TYPE oauth_token_operator_refresh_token_expiry_timestamp_seconds gauge",
             "oauth_token_operator_refresh_token_expiry_timestamp_seconds{namespace=\"shop\",name=\"mercadolibre\"} 1707776000",
+            "oauth_token_operator_refresh_token_expiring{namespace=\"shop\",name=\"mercadolibre\"} 1",
             "oauth_token_operator_leader 1",
             "oauth_token_operator_build_info{version=\"",
             "oauth_token_operator_refresh_duration_seconds_bucket{le=\"60.0\"} 1",
@@ -433,6 +455,12 @@ mod tests {
                 "oauth_token_operator_refresh_token_expiry_timestamp_seconds{namespace=\"shop\",name=\"allegro\"}"
             ),
             "no series while the refresh token's expiry is unknown"
+        );
+        assert!(
+            !text.contains(
+                "oauth_token_operator_refresh_token_expiring{namespace=\"shop\",name=\"allegro\"}"
+            ),
+            "no series without the condition (a grant without refresh tokens)"
         );
         assert!(text.ends_with("# EOF\n"));
     }
@@ -490,6 +518,15 @@ mod tests {
         let metrics = Metrics::default();
         let mut status = status(true, false);
         status.refresh_token_expires_at = status.expires_at;
+        conditions::set(
+            &mut status.conditions,
+            conditions::REFRESH_TOKEN_EXPIRING,
+            conditions::TRUE,
+            "ExpiresSoon",
+            "m".to_string(),
+            None,
+            chrono::Utc::now(),
+        );
         metrics.observe_status("shop", "allegro", &status);
         // Families without series are not in the exposition at all.
         metrics.count_attempt(RefreshResult::success);
