@@ -23,6 +23,7 @@ use crate::oauth::budget::{Budgets, Limit};
 pub mod cache;
 pub mod cached_token;
 pub mod chain;
+pub mod device;
 mod reconcile;
 pub mod secrets;
 pub mod settings;
@@ -90,6 +91,8 @@ pub struct Context {
     pub max_concurrent_reconciles: u16,
     /// what liveness is computed from; see [`crate::health`].
     pub progress: Arc<crate::health::Progress>,
+    /// Device authorizations in progress: see [`device`].
+    pub device_sessions: device::Sessions,
 }
 
 /// Budget per token-endpoint origin unless OAuthTokens declare their own: generous (100
@@ -137,6 +140,7 @@ impl Context {
             budgets: Budgets::new(DEFAULT_TOKEN_ENDPOINT_BUDGET, MAX_BUDGET_WAIT),
             max_concurrent_reconciles: DEFAULT_MAX_CONCURRENT_RECONCILES,
             progress: Arc::default(),
+            device_sessions: device::Sessions::default(),
         }
     }
 }
@@ -395,6 +399,7 @@ fn controller_for(
                     let namespace = token.namespace().unwrap_or_default();
                     if let Some(uid) = token.uid() {
                         ctx.fencing.forget(&uid);
+                        ctx.device_sessions.forget(&uid);
                     }
                     token_index.remove(&namespace, &token.name_any());
                     ctx.caches.delivered_token(&token, Delivery::Deleted);

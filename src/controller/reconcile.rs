@@ -79,6 +79,7 @@ pub async fn reconcile<K: Resource>(object: Arc<K>, ctx: Arc<Context>) -> Result
         previous: &previous,
         recorded: Mutex::default(),
         request: RefreshRequest::pending(&token, now, min_interval),
+        device_authorized: Default::default(),
     };
     let outcome = run.execute().await?;
     let mut next = status::desired(&token, &previous, &outcome, now);
@@ -127,7 +128,10 @@ pub async fn reconcile<K: Resource>(object: Arc<K>, ctx: Arc<Context>) -> Result
         _ => None,
     };
     crate::observe::token_status(&ctx, &namespace, &name, &next, deferred_until);
-    publish_events(&ctx, &token, &previous, &next, &outcome).await;
+    let device_authorized = run
+        .device_authorized
+        .load(std::sync::atomic::Ordering::Relaxed);
+    publish_events(&ctx, &token, &previous, &next, &outcome, device_authorized).await;
     // From the time the requeue is handed over, not from when this reconcile began: a
     // reconcile that took a token request and three writes would otherwise wake that late.
     // The expiry warning turns on by the clock alone: look then.
@@ -155,6 +159,8 @@ fn requeue_for(
         Outcome::Issued { state, .. } => state.access.as_ref().map(|a| a.refresh_at),
         Outcome::Waiting { until, .. } | Outcome::Deferred { until } => Some(*until),
         Outcome::Failed { retry_at, .. } => Some(*retry_at),
+        Outcome::Authorizing { poll_at, .. } => Some(*poll_at),
+        Outcome::AuthorizationEnded { restart_at, .. } => Some(*restart_at),
     };
     let until = match (until, also_at) {
         (Some(until), Some(also)) => Some(until.min(also)),
@@ -173,6 +179,8 @@ struct Run<'a> {
     recorded: Mutex<Option<RecordedImport>>,
     /// A refresh asked for with the annotation and not acknowledged yet.
     request: Option<RefreshRequest>,
+    /// The chain was begun anew by a device authorization in this reconcile.
+    device_authorized: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone)]
@@ -226,6 +234,45 @@ impl chain::Requests for TokenRequests<'_, '_> {
     }
 }
 
+/// A refresh token a human's device authorization obtained, to enter the chain.
+struct Authorized {
+    refresh_token: SecretString,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+/// Where a step of the device flow led. Short-lived, one per reconcile: its size is no matter.
+#[allow(clippy::large_enum_variant)]
+enum DeviceFlow {
+    /// Still waiting for the human, or ended: report this.
+    Outcome(Outcome),
+    /// The human authorized: the refresh token enters the chain.
+    Authorized(Authorized),
+}
+
+/// The import offer of a device authorization's refresh token: like an import from the import
+/// Secret (whose version stays recorded, so a used-up import is not offered again).
+fn device_offer(
+    authorized: Authorized,
+    stored: Option<&TokenState>,
+    binding: &Binding,
+) -> Offer<TokenState> {
+    let offered = fingerprint(authorized.refresh_token.expose_secret());
+    let base = stored.cloned().unwrap_or_default();
+    Offer {
+        fingerprint: offered.clone(),
+        state: TokenState {
+            refresh_token: Some(authorized.refresh_token),
+            refresh_token_expires_at: authorized.expires_at,
+            imported_fingerprint: Some(offered),
+            binding: Some(binding.clone()),
+            claim: None,
+            rejected_fingerprint: None,
+            rotates: None,
+            ..base
+        },
+    }
+}
+
 /// Whether a token request is due, and whether it may be made now.
 struct Schedule {
     decision: Decision,
@@ -276,28 +323,72 @@ impl Run<'_> {
                 self.client_credentials_grant(&settings, target.as_ref())
                     .await
             }
-            GrantSettings::RefreshToken { import, .. } => {
-                self.refresh_token_grant(&settings, target.as_ref(), import.as_ref())
-                    .await
+            GrantSettings::RefreshToken { import, device } => {
+                self.refresh_token_grant(
+                    &settings,
+                    target.as_ref(),
+                    import.as_ref(),
+                    device.as_ref(),
+                )
+                .await
             }
         }
     }
 
     /// The refresh-token grant: the chain protocol decides, [`chain::refresh`] carries it out.
+    /// Without a usable chain, a device authorization (when the spec asks for one) begins it
+    /// anew: its refresh token enters the chain exactly as an import does.
     async fn refresh_token_grant(
         &self,
         settings: &Settings,
         target: Option<&Secret>,
         import: Option<&settings::KeyRef>,
+        device: Option<&url::Url>,
     ) -> Result<Outcome, Error> {
+        let (outcome, unauthorized) = self.refresh_chain(settings, target, import, None).await?;
+        let uid = self.token.uid().unwrap_or_default();
+        let (Some(endpoint), Some(ended)) = (device, unauthorized) else {
+            // A chain that works (or waits) needs no authorization in progress.
+            self.ctx.device_sessions.forget(&uid);
+            return Ok(outcome);
+        };
+        if !self.ctx.fencing.may_refresh() {
+            return Ok(outcome);
+        }
+        match self.device_flow(settings, endpoint, ended).await? {
+            DeviceFlow::Outcome(outcome) => Ok(outcome),
+            DeviceFlow::Authorized(authorized) => {
+                self.device_authorized
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                let (outcome, _) = self
+                    .refresh_chain(settings, target, import, Some(authorized))
+                    .await?;
+                Ok(outcome)
+            }
+        }
+    }
+
+    /// One refresh of the chain; with `authorized`, a refresh token from a device authorization
+    /// is offered instead of the import Secret's. Also says whether the chain needs a human's
+    /// authorization (and why it ended, unless it never began).
+    async fn refresh_chain(
+        &self,
+        settings: &Settings,
+        target: Option<&Secret>,
+        import: Option<&settings::KeyRef>,
+        authorized: Option<Authorized>,
+    ) -> Result<(Outcome, Option<Option<(&'static str, String)>>), Error> {
         let fencing = &self.ctx.fencing;
         let mut store = match ChainStore::load(self.secrets, self.token, &self.ctx.caches).await? {
             Ok(store) => store,
             Err(ForeignStateSecret) => {
-                return Ok(Outcome::conflict(format!(
-                    "Secret {} exists and is not controlled by this OAuthToken; the operator keeps the refresh token there, so rename or delete that Secret",
-                    self.token.state_secret_name()
-                )));
+                return Ok((
+                    Outcome::conflict(format!(
+                        "Secret {} exists and is not controlled by this OAuthToken; the operator keeps the refresh token there, so rename or delete that Secret",
+                        self.token.state_secret_name()
+                    )),
+                    None,
+                ));
             }
         };
         let stored = store.state();
@@ -305,15 +396,16 @@ impl Run<'_> {
         // The client secret itself is read only when a request follows.
         let identity = match self.client_credentials(settings, false).await? {
             Ok(client) => client,
-            Err(message) => return Ok(Outcome::invalid_spec(message)),
+            Err(message) => return Ok((Outcome::invalid_spec(message), None)),
         };
         let binding = settings.binding(&identity.client_id);
-        let offer = match import {
-            Some(import) => {
+        let offer = match (authorized, import) {
+            (Some(authorized), _) => Some(device_offer(authorized, stored.as_ref(), &binding)),
+            (None, Some(import)) => {
                 self.import_offer(settings, import, stored.as_ref(), &binding)
                     .await?
             }
-            None => None,
+            (None, None) => None,
         };
         let uid = self.token.uid().unwrap_or_default();
         let imported = offer.as_ref().is_some_and(|offer| {
@@ -343,7 +435,7 @@ impl Run<'_> {
             .await;
         let client = match self.client_for(settings, identity, schedule.due).await? {
             Ok(client) => client,
-            Err(message) => return Ok(Outcome::invalid_spec(message)),
+            Err(message) => return Ok((Outcome::invalid_spec(message), None)),
         };
         let inputs = Inputs {
             settings,
@@ -372,9 +464,24 @@ impl Run<'_> {
             access_error: None,
         };
         let ended = chain::refresh(&mut store, fencing, loaded, &mut requests).await;
+        let never_began = matches!(ended.done, Done::NoToken);
         let (failure, access_error) = (requests.failure, requests.access_error);
-        self.outcome(&inputs, &schedule, ended, failure, access_error)
-            .await
+        let outcome = self
+            .outcome(&inputs, &schedule, ended, failure, access_error)
+            .await?;
+        let unauthorized = match &outcome {
+            _ if never_began => Some(None),
+            Outcome::ChainDead {
+                reason, message, ..
+            } => Some(Some((*reason, message.clone()))),
+            Outcome::Failed { error, .. }
+                if error.kind() == FailureKind::ReauthorizationRequired =>
+            {
+                Some(Some((reason::INVALID_GRANT, error.to_string())))
+            }
+            _ => None,
+        };
+        Ok((outcome, unauthorized))
     }
 
     /// The refresh token in the import Secret, when that Secret changed since the last import.
@@ -461,6 +568,16 @@ impl Run<'_> {
         if !matches!(decision, Decision::RefreshNow(_)) || !self.ctx.fencing.may_refresh() {
             return schedule;
         }
+        match self.admit(settings, binding).await {
+            None => schedule.due = true,
+            Some(until) => schedule.deferred = Some(until),
+        }
+        schedule
+    }
+
+    /// Waits briefly for the origin's budget to admit a token request; `Some(until)` when it
+    /// puts the request off until then.
+    async fn admit(&self, settings: &Settings, binding: &Binding) -> Option<DateTime<Utc>> {
         let admission = self.ctx.budgets.admit(
             &binding.origin,
             &self.token.uid().unwrap_or_default(),
@@ -472,22 +589,232 @@ impl Run<'_> {
                 if !wait.is_zero() {
                     tokio::time::sleep(wait).await;
                 }
-                schedule.due = true;
+                None
             }
             Admission::Deferred { until, paused } => {
                 self.ctx.metrics.count_deferred(paused);
                 debug!(
                     paused,
-                    "the token endpoint's budget is used up; refreshing later"
+                    "the token endpoint's budget is used up; requesting later"
                 );
                 // Spread over a second: the deferred do not all come back at once.
                 let delay = until.saturating_duration_since(std::time::Instant::now())
                     + MAX_BUDGET_WAIT.mul_f64((self.ctx.jitter)());
-                schedule.deferred =
-                    Some(self.now + chrono::TimeDelta::from_std(delay).unwrap_or_default());
+                Some(self.now + chrono::TimeDelta::from_std(delay).unwrap_or_default())
             }
         }
-        schedule
+    }
+
+    /// One step of the device flow for a chain that needs a human: start an authorization,
+    /// wait for the interval, or poll the token endpoint. Every request goes through the
+    /// origin's budget. `ended` says why the chain ended (`None`: it never began).
+    async fn device_flow(
+        &self,
+        settings: &Settings,
+        endpoint: &url::Url,
+        ended: Option<(&'static str, String)>,
+    ) -> Result<DeviceFlow, Error> {
+        use super::device::{Session, Step};
+        use crate::oauth::{DeviceAuthorizationRequest, DevicePoll, device_poll};
+        let uid = self.token.uid().unwrap_or_default();
+        let client = match self.client_credentials(settings, true).await? {
+            Ok(client) => client,
+            Err(message) => return Ok(DeviceFlow::Outcome(Outcome::invalid_spec(message))),
+        };
+        let binding = settings.binding(&client.client_id);
+        let spec = &self.token.spec;
+        let request_key = serde_json::json!([
+            endpoint.as_str(),
+            settings.endpoint.as_str(),
+            &client.client_id,
+            &spec.scopes,
+            &spec.audience,
+            &spec.extra_parameters,
+        ])
+        .to_string();
+        let mut session = self
+            .ctx
+            .device_sessions
+            .take(&uid)
+            .filter(|s| s.request == request_key);
+        let earlier_end = match status::ready_reason(self.previous).as_deref() {
+            Some(reason::AUTHORIZATION_EXPIRED) => Some(reason::AUTHORIZATION_EXPIRED),
+            Some(reason::ACCESS_DENIED) => Some(reason::ACCESS_DENIED),
+            _ => None,
+        };
+        let ends_in_a_row = if earlier_end.is_some() {
+            self.previous.failed_attempts
+        } else {
+            0
+        };
+        let restart_at = earlier_end.and(self.previous.next_refresh_at);
+        let requested = RefreshRequest::refreshes(self.request.as_ref());
+        let authorizing = |session: &Session, ended: Option<(&'static str, String)>| {
+            DeviceFlow::Outcome(Outcome::Authorizing {
+                pending: pending_authorization(session),
+                ended,
+                poll_at: session.next_poll,
+            })
+        };
+        let end = |why: &'static str| {
+            let ends = ends_in_a_row.saturating_add(1);
+            let restart_at = self.now
+                + chrono::TimeDelta::from_std(super::device::restart_delay(ends))
+                    .unwrap_or_default();
+            let what = if why == reason::ACCESS_DENIED {
+                "The authorization was declined at the provider (access_denied)"
+            } else {
+                "The device code expired before anyone entered it"
+            };
+            info!(reason = why, %restart_at, "the device authorization ended");
+            DeviceFlow::Outcome(Outcome::AuthorizationEnded {
+                reason: why,
+                message: format!(
+                    "{what}. A new authorization starts at {}, or at once when a refresh is asked for ({})",
+                    rfc3339(restart_at),
+                    status::how_to_authorize(self.token)
+                ),
+                restart_at,
+                ended: ends,
+            })
+        };
+        match super::device::next_step(session.as_ref(), restart_at, requested, self.now) {
+            Step::RestartAt(restart_at) => {
+                let why = earlier_end.unwrap_or(reason::AUTHORIZATION_EXPIRED);
+                let message = conditions::get(&self.previous.conditions, conditions::READY)
+                    .map(|c| c.message.clone())
+                    .unwrap_or_default();
+                Ok(DeviceFlow::Outcome(Outcome::AuthorizationEnded {
+                    reason: why,
+                    message,
+                    restart_at,
+                    ended: ends_in_a_row,
+                }))
+            }
+            Step::WaitUntil(_) => {
+                let session = session.take().unwrap_or_else(|| unreachable!());
+                let outcome = authorizing(&session, ended);
+                self.ctx.device_sessions.put(&uid, session);
+                Ok(outcome)
+            }
+            Step::Expired => Ok(end(reason::AUTHORIZATION_EXPIRED)),
+            Step::Start => {
+                if let Some(until) = self.admit(settings, &binding).await {
+                    return Ok(DeviceFlow::Outcome(Outcome::Deferred { until }));
+                }
+                let request = DeviceAuthorizationRequest {
+                    endpoint,
+                    client: &client,
+                    scopes: &spec.scopes,
+                    audience: spec.audience.as_deref(),
+                    extra_parameters: &spec.extra_parameters,
+                };
+                match self.ctx.tokens.device_authorization(&request).await {
+                    Ok(authorization) => {
+                        info!(
+                            verification_uri = authorization.verification_uri,
+                            expires_in = ?authorization.expires_in,
+                            "started a device authorization; a human must enter its code"
+                        );
+                        let session = Session::new(authorization, request_key);
+                        let outcome = authorizing(&session, ended);
+                        self.ctx.device_sessions.put(&uid, session);
+                        Ok(outcome)
+                    }
+                    Err(error) => Ok(DeviceFlow::Outcome(self.failed(
+                        &binding,
+                        false,
+                        TokenState::default(),
+                        error,
+                        false,
+                        false,
+                    ))),
+                }
+            }
+            Step::Poll => {
+                let mut session = session.take().unwrap_or_else(|| unreachable!());
+                if let Some(until) = self.admit(settings, &binding).await {
+                    session.next_poll = until;
+                    let outcome = authorizing(&session, ended);
+                    self.ctx.device_sessions.put(&uid, session);
+                    return Ok(outcome);
+                }
+                // RFC 8628 section 3.4: the device code and the client, nothing else.
+                let no_parameters = std::collections::BTreeMap::new();
+                let request = TokenRequest {
+                    endpoint: &settings.endpoint,
+                    client: &client,
+                    grant: GrantRequest::DeviceCode(&session.authorization.device_code),
+                    scopes: &[],
+                    audience: None,
+                    extra_parameters: &no_parameters,
+                };
+                let started = std::time::Instant::now();
+                let result = self.ctx.tokens.request(&request).await;
+                let polled_at = Utc::now();
+                let verdict = result.as_ref().err().map(device_poll);
+                if !matches!(verdict, Some(DevicePoll::Pending | DevicePoll::SlowDown)) {
+                    self.ctx.metrics.observe_request(&result, started.elapsed());
+                }
+                match (result, verdict) {
+                    (Ok(issued), _) => match issued.refresh_token {
+                        Some(refresh_token) => {
+                            info!("a human authorized by device flow");
+                            Ok(DeviceFlow::Authorized(Authorized {
+                                refresh_token,
+                                expires_at: schedule::refresh_token_expiry(
+                                    issued.requested_at,
+                                    issued.refresh_expires_in,
+                                    settings.refresh_token_lifetime,
+                                    true,
+                                    None,
+                                ),
+                            }))
+                        }
+                        None => Ok(DeviceFlow::Outcome(Outcome::Blocked {
+                            reason: reason::PROVIDER_REJECTED,
+                            message: "A human authorized, but the provider issued no refresh token, so the operator cannot keep the access token fresh: ask for a scope that grants one (often offline_access) in spec.scopes".to_string(),
+                        })),
+                    },
+                    (Err(_), Some(DevicePoll::Pending)) => {
+                        session.polled(polled_at, false);
+                        let outcome = authorizing(&session, ended);
+                        self.ctx.device_sessions.put(&uid, session);
+                        Ok(outcome)
+                    }
+                    (Err(_), Some(DevicePoll::SlowDown)) => {
+                        session.polled(polled_at, true);
+                        debug!(interval = ?session.interval, "slow_down: polling less often");
+                        let outcome = authorizing(&session, ended);
+                        self.ctx.device_sessions.put(&uid, session);
+                        Ok(outcome)
+                    }
+                    (Err(_), Some(DevicePoll::Expired)) => Ok(end(reason::AUTHORIZATION_EXPIRED)),
+                    (Err(_), Some(DevicePoll::Denied)) => Ok(end(reason::ACCESS_DENIED)),
+                    // A failure that may pass keeps the code: the human may be entering it.
+                    (Err(error), _) if error.kind() == FailureKind::Transient => {
+                        warn!(category = error.category(), %error, "polling the device code failed; polling again");
+                        session.polled(polled_at, false);
+                        if let Some(retry_after) = error.retry_after() {
+                            session.next_poll = session.next_poll.max(
+                                polled_at + chrono::TimeDelta::from_std(retry_after).unwrap_or_default(),
+                            );
+                        }
+                        let outcome = authorizing(&session, ended);
+                        self.ctx.device_sessions.put(&uid, session);
+                        Ok(outcome)
+                    }
+                    (Err(error), _) => Ok(DeviceFlow::Outcome(self.failed(
+                        &binding,
+                        false,
+                        TokenState::default(),
+                        error,
+                        false,
+                        false,
+                    ))),
+                }
+            }
+        }
     }
 
     /// The client's credentials for a request that follows: with the secret when `due`.
@@ -745,7 +1072,7 @@ impl Run<'_> {
                 state,
             },
             Done::Committed { state } => match access_error {
-                Some(error) => self.failed(inputs, state, error, false, false),
+                Some(error) => self.failed(&inputs.binding, inputs.imported, state, error, false, false),
                 None => Outcome::Issued {
                     state,
                     had_token: inputs.had_token,
@@ -758,10 +1085,10 @@ impl Run<'_> {
                 after_lost_answer,
             } => {
                 let error = failure.unwrap_or(OAuthError::Timeout(self.ctx.tokens.timeout()));
-                self.failed(inputs, state, error, after_lost_answer, lost)
+                self.failed(&inputs.binding, inputs.imported, state, error, after_lost_answer, lost)
             }
             Done::NotSent { state } => match failure {
-                Some(error) => self.failed(inputs, state, error, false, false),
+                Some(error) => self.failed(&inputs.binding, inputs.imported, state, error, false, false),
                 // The claim would have run out first: look again at once.
                 None => return Err(Error::StateConflict),
             },
@@ -925,7 +1252,7 @@ impl Run<'_> {
                     imported: false,
                 }
             }
-            Err(error) => self.failed(&inputs, published, error, false, false),
+            Err(error) => self.failed(&inputs.binding, false, published, error, false, false),
         };
         if let Outcome::Issued { state, .. } = &outcome {
             self.publish(settings, target, state).await?;
@@ -982,9 +1309,11 @@ impl Run<'_> {
     }
 
     /// A failed token request: backoff from status, the published token kept while valid.
+    #[allow(clippy::too_many_arguments)]
     fn failed(
         &self,
-        inputs: &Inputs<'_>,
+        binding: &Binding,
+        imported: bool,
         state: TokenState,
         error: OAuthError,
         after_lost_answer: bool,
@@ -995,7 +1324,7 @@ impl Run<'_> {
             let pause = retry_after.unwrap_or(schedule::TRANSIENT_BACKOFF_BASE);
             self.ctx
                 .budgets
-                .pause(&inputs.binding.origin, std::time::Instant::now() + pause);
+                .pause(&binding.origin, std::time::Instant::now() + pause);
         }
         let attempts = self.previous.failed_attempts.saturating_add(1);
         let class = failure_class(&error);
@@ -1016,7 +1345,7 @@ impl Run<'_> {
             error,
             attempts,
             retry_at,
-            imported: inputs.imported,
+            imported,
             after_lost_answer,
             lost,
         }
@@ -1123,6 +1452,17 @@ impl Run<'_> {
     }
 }
 
+/// What status shows of a device authorization: never its device code.
+fn pending_authorization(session: &super::device::Session) -> crate::api::PendingAuthorization {
+    let authorization = &session.authorization;
+    crate::api::PendingAuthorization {
+        user_code: authorization.user_code.clone(),
+        verification_uri: authorization.verification_uri.clone(),
+        verification_uri_complete: authorization.verification_uri_complete.clone(),
+        expires_at: schedule::truncate_to_seconds(authorization.expires_at()),
+    }
+}
+
 /// Why `Ready` is Unknown while the last presentation's answer is unknown.
 fn unconfirmed_until(until: DateTime<Utc>) -> String {
     format!(
@@ -1147,6 +1487,7 @@ async fn publish_events(
     previous: &OAuthTokenStatus,
     next: &OAuthTokenStatus,
     outcome: &Outcome,
+    device_authorized: bool,
 ) {
     let previous_reason = status::ready_reason(previous);
     let next_reason = status::ready_reason(next);
@@ -1172,6 +1513,11 @@ async fn publish_events(
     match outcome {
         // One Event per transition: a first token (the import that led to it included), a new
         // import (a human authorized again), a recovery; none for a routine refresh.
+        Outcome::Issued { imported: true, .. } if device_authorized => events.push((
+            EventType::Normal,
+            "Authorized",
+            "A human authorized by device flow; the new refresh token is stored and an access token was obtained with it".to_string(),
+        )),
         Outcome::Issued {
             had_token: false,
             imported,
@@ -1242,6 +1588,28 @@ async fn publish_events(
         } => {
             if previous_reason.as_deref() != Some(reason::REFRESH_UNCONFIRMED) {
                 events.push((EventType::Warning, reason::REFRESH_UNCONFIRMED, why.clone()));
+            }
+        }
+        Outcome::Authorizing { pending, ended, .. } => {
+            if let Some((reason, message)) = ended
+                && conditions::get(&previous.conditions, conditions::REAUTHORIZATION_REQUIRED)
+                    .is_none_or(|c| c.reason != *reason)
+            {
+                events.push((EventType::Warning, *reason, message.clone()));
+            }
+            if previous.authorization.as_ref().map(|a| &a.user_code) != Some(&pending.user_code) {
+                events.push((
+                    EventType::Normal,
+                    reason::AUTHORIZATION_PENDING,
+                    status::authorize_message(pending),
+                ));
+            }
+        }
+        Outcome::AuthorizationEnded {
+            reason, message, ..
+        } => {
+            if previous_reason.as_deref() != Some(*reason) {
+                events.push((EventType::Warning, *reason, message.clone()));
             }
         }
         Outcome::Suspended => {

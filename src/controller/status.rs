@@ -8,7 +8,7 @@ use crate::api::conditions::{
 };
 use crate::api::{
     DEFAULT_MIN_REFRESH_INTERVAL, DEFAULT_REFRESH_TOKEN_EXPIRY_WARNING, DEFAULT_REFRESH_TOKEN_KEY,
-    OAuthToken, OAuthTokenStatus, REFRESH_ANNOTATION,
+    OAuthToken, OAuthTokenStatus, PendingAuthorization, REFRESH_ANNOTATION,
 };
 use crate::oauth::{FailureKind, OAuthError};
 use crate::schedule::{
@@ -64,6 +64,21 @@ pub enum Outcome {
     Deferred { until: DateTime<Utc> },
     /// `spec.suspend` is true: no token requests; the published token stays until it expires.
     Suspended,
+    /// A device authorization waits for a human; `ended` says why the chain ended, when it
+    /// did (not at the first authorization). The next poll is at `poll_at`.
+    Authorizing {
+        pending: PendingAuthorization,
+        ended: Option<(&'static str, String)>,
+        poll_at: DateTime<Utc>,
+    },
+    /// A device authorization expired or was denied; a new one starts at `restart_at`, or when
+    /// a refresh is asked for. `ended` counts such ends in a row.
+    AuthorizationEnded {
+        reason: &'static str,
+        message: String,
+        restart_at: DateTime<Utc>,
+        ended: u32,
+    },
 }
 
 impl Outcome {
@@ -77,7 +92,9 @@ impl Outcome {
             Outcome::Blocked { .. }
             | Outcome::Superseded
             | Outcome::Deferred { .. }
-            | Outcome::Suspended => None,
+            | Outcome::Suspended
+            | Outcome::Authorizing { .. }
+            | Outcome::AuthorizationEnded { .. } => None,
         }
     }
 
@@ -201,6 +218,52 @@ pub fn desired(
         }
         // Only when to look again changes, and that is not status.
         Outcome::Deferred { .. } => {}
+        Outcome::Authorizing { pending, ended, .. } => {
+            let message = authorize_message(pending);
+            let why = ended
+                .as_ref()
+                .map_or(reason::AUTHORIZATION_PENDING, |(r, _)| *r);
+            let reauthorization = match ended {
+                Some((_, ended)) => format!("{ended}. {message}"),
+                None => message.clone(),
+            };
+            set(
+                &mut next,
+                READY,
+                FALSE,
+                reason::AUTHORIZATION_PENDING,
+                message,
+            );
+            set(
+                &mut next,
+                REAUTHORIZATION_REQUIRED,
+                TRUE,
+                why,
+                reauthorization,
+            );
+            next.authorization = Some(pending.clone());
+            next.next_refresh_at = None;
+        }
+        Outcome::AuthorizationEnded {
+            reason: why,
+            message,
+            restart_at,
+            ended,
+        } => {
+            set(&mut next, READY, FALSE, why, message.clone());
+            set(
+                &mut next,
+                REAUTHORIZATION_REQUIRED,
+                TRUE,
+                why,
+                message.clone(),
+            );
+            if *ended != previous.failed_attempts {
+                next.last_failure_at = Some(truncate_to_seconds(now));
+            }
+            next.failed_attempts = *ended;
+            next.next_refresh_at = Some(*restart_at);
+        }
         Outcome::Suspended => {
             let published = match next.expires_at {
                 Some(at) if at > now => format!(
@@ -324,7 +387,29 @@ pub fn desired(
     if conditions.uses_refresh_tokens {
         conditions.refresh_token_expiring(&mut next, expiry_warning(token), token);
     }
+    // A code is shown only while this process polls for it.
+    if !matches!(
+        outcome,
+        Outcome::Authorizing { .. } | Outcome::Deferred { .. }
+    ) {
+        next.authorization = None;
+    }
     next
+}
+
+/// What a human does to authorize a pending device authorization.
+pub fn authorize_message(pending: &PendingAuthorization) -> String {
+    let complete = pending
+        .verification_uri_complete
+        .as_deref()
+        .map(|uri| format!(" (or open {uri}, which carries the code)"))
+        .unwrap_or_default();
+    format!(
+        "Waiting for a human to authorize: open {} and enter the code {}{complete} before {}",
+        pending.verification_uri,
+        pending.user_code,
+        rfc3339(pending.expires_at)
+    )
 }
 
 /// Whether the OAuthToken's grant keeps a refresh-token chain.
@@ -479,6 +564,13 @@ fn acknowledgement_text(
             reason::SUSPENDED,
             "spec.suspend is true, so no token is requested",
         )),
+        Outcome::Authorizing { pending, .. } => Some(why_not(
+            reason::AUTHORIZATION_PENDING,
+            &authorize_message(pending),
+        )),
+        Outcome::AuthorizationEnded {
+            reason, message, ..
+        } => Some(why_not(reason, message)),
         Outcome::Waiting { .. } | Outcome::Deferred { .. } | Outcome::Superseded => None,
     }
 }

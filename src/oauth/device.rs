@@ -125,16 +125,21 @@ impl TokenClient {
         &self,
         request: &DeviceAuthorizationRequest<'_>,
     ) -> Result<DeviceAuthorization, OAuthError> {
-        let mut form = form_urlencoded::Serializer::new(String::new());
-        append_client_and_parameters(
-            &mut form,
-            request.client,
-            request.scopes,
-            request.audience,
-            request.extra_parameters,
-        );
+        // Built in a block of its own: the serializer is not `Send` and must not live across
+        // the await (the controller's reconcile future must be `Send`).
+        let body = {
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            append_client_and_parameters(
+                &mut form,
+                request.client,
+                request.scopes,
+                request.audience,
+                request.extra_parameters,
+            );
+            form.finish()
+        };
         let answer = self
-            .post_form(request.endpoint, request.client, form.finish())
+            .post_form(request.endpoint, request.client, body)
             .await?;
         if !(200..300).contains(&answer.status) {
             return Err(match answer.cut {
