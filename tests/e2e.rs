@@ -1120,3 +1120,397 @@ async fn e2e_forbidden_watch_is_an_error() {
     operator.terminate().await;
     assert!(stopping.elapsed() < Duration::from_secs(5));
 }
+
+/// Asks for a refresh the way `kubectl oauthtoken refresh` does.
+async fn request_refresh(env: &Env, name: &str, value: &str) {
+    env.tokens()
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"metadata": {"annotations": {"oauth-token-operator.io/refresh": value}}}),
+            ),
+        )
+        .await
+        .unwrap();
+}
+
+/// Waits until status acknowledges the refresh request `value`; returns what it says.
+async fn wait_for_acknowledgement(env: &Env, name: &str, value: &str, timeout: Duration) -> String {
+    wait_for(
+        &format!("{name} to acknowledge {value}"),
+        timeout,
+        || async {
+            let status = env.status(name).await;
+            (status["lastRefreshRequest"] == value).then(|| {
+                status["lastRefreshRequestResult"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+        },
+    )
+    .await
+}
+
+/// Waits until status shows a user code other than `not`; returns it.
+async fn wait_for_user_code(env: &Env, name: &str, not: Option<&str>, timeout: Duration) -> String {
+    wait_for(&format!("{name} to show a user code"), timeout, || async {
+        let status = env.status(name).await;
+        let code = status["authorization"]["userCode"].as_str()?.to_string();
+        (Some(code.as_str()) != not).then_some(code)
+    })
+    .await
+}
+
+/// An OAuthToken whose chain begins with a device authorization.
+async fn apply_device_token(
+    env: &Env,
+    provider: &OidcProvider,
+    secrets: &SecretValues,
+    name: &str,
+) {
+    secrets.add(BASIC_CLIENT.secret);
+    env.apply_client_secret(&format!("{name}-client"), BASIC_CLIENT)
+        .await;
+    let scopes: Vec<&str> = DEFAULT_SCOPE.split(' ').collect();
+    env.apply_token(
+        name,
+        json!({
+            "tokenEndpoint": provider.token_endpoint(),
+            "clientSecretRef": {"name": format!("{name}-client")},
+            "grant": {"deviceCode": {"deviceAuthorizationEndpoint": provider.device_authorization_endpoint()}},
+            "scopes": scopes,
+            "secretName": format!("{name}-token"),
+        }),
+    )
+    .await;
+}
+
+/// Device flow, first authorization: the user code is shown in status and an Event, polling
+/// waits for the human, and the refresh token obtained enters the chain and keeps rotating.
+#[tokio::test]
+async fn e2e_device_flow_first_authorization() {
+    let (env, provider, secrets) = setup("device", 30).await;
+    let operator = Operator::start(&env);
+    apply_device_token(&env, &provider, &secrets, "shop").await;
+    let code = wait_for_user_code(&env, "shop", None, Duration::from_secs(20)).await;
+    let status = env.status("shop").await;
+    let authorization = status["authorization"].as_object().unwrap();
+    let mut fields: Vec<&str> = authorization.keys().map(String::as_str).collect();
+    fields.sort_unstable();
+    assert!(
+        fields == ["expiresAt", "userCode", "verificationUri"]
+            || fields
+                == [
+                    "expiresAt",
+                    "userCode",
+                    "verificationUri",
+                    "verificationUriComplete"
+                ],
+        "status shows what a human needs and nothing else: {fields:?}"
+    );
+    assert_eq!(
+        env.condition("shop", "Ready").await,
+        Some(("False".into(), "AuthorizationPending".into()))
+    );
+    let message = env.condition_message("shop", "Ready").await;
+    assert!(
+        message.contains(&code) && message.contains(provider.verification_uri()),
+        "{message}"
+    );
+    env.wait_for_event(
+        "shop",
+        "Normal AuthorizationPending",
+        Duration::from_secs(10),
+    )
+    .await;
+    // authorization_pending is not a failure: polls go on at the interval, nothing fails.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let stats = provider.stats().await;
+    let polls = stats.grant_type("urn:ietf:params:oauth:grant-type:device_code");
+    assert!((1..=2).contains(&polls), "5 s interval: {stats:?}");
+    assert_eq!(env.status("shop").await["failedAttempts"], 0);
+
+    provider.approve_device(&code).await;
+    let token = wait_for_new_token(&env, "shop", None, Duration::from_secs(20)).await;
+    env.wait_for_condition(
+        "shop",
+        "Ready",
+        ("True", "TokenValid"),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(env.status("shop").await["authorization"].is_null());
+    env.wait_for_event("shop", "Normal Authorized", Duration::from_secs(10))
+        .await;
+    secrets.collect(&env, "shop", "shop-token").await;
+    // The chain goes on from the device authorization's refresh token.
+    let next = wait_for_new_token(&env, "shop", Some(&token), Duration::from_secs(40)).await;
+    secrets.add(&next);
+    secrets.collect(&env, "shop", "shop-token").await;
+    let stats = provider.stats().await;
+    assert_eq!(stats.error("invalid_grant"), 0, "{stats:?}");
+    assert_eq!(stats.device_authorizations, 1, "{stats:?}");
+    operator.assert_no_secret_in_logs(&secrets);
+    let events = env.events_for("shop").await;
+    println!("events: {events:?}");
+}
+
+/// Device flow as re-authorization: the provider revokes the grant; the refresh request that
+/// meets invalid_grant starts a device authorization, and the human's approval restores the
+/// chain.
+#[tokio::test]
+async fn e2e_device_flow_restores_a_revoked_chain() {
+    let (env, provider, secrets) = setup("reauth", 300).await;
+    let operator = Operator::start(&env);
+    let grant_id = create_chain(
+        &env,
+        &provider,
+        &secrets,
+        "shop",
+        BASIC_CLIENT,
+        json!({
+            "grant": {"refreshToken": {
+                "initialRefreshTokenSecretRef": {"name": "shop-authorization"},
+                "reauthorization": "DeviceCode",
+                "deviceAuthorizationEndpoint": provider.device_authorization_endpoint(),
+            }},
+            "scopes": DEFAULT_SCOPE.split(' ').collect::<Vec<_>>(),
+            "minRefreshInterval": "1s",
+        }),
+    )
+    .await;
+    let first = wait_for_new_token(&env, "shop", None, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    provider.revoke_grant(&grant_id).await;
+    request_refresh(&env, "shop", "after-revocation").await;
+    let result =
+        wait_for_acknowledgement(&env, "shop", "after-revocation", Duration::from_secs(20)).await;
+    assert!(
+        result.starts_with("Not refreshed (AuthorizationPending)"),
+        "{result}"
+    );
+    let code = wait_for_user_code(&env, "shop", None, Duration::from_secs(5)).await;
+    assert_eq!(
+        env.condition("shop", "ReauthorizationRequired").await,
+        Some(("True".into(), "InvalidGrant".into()))
+    );
+    env.wait_for_event("shop", "Warning InvalidGrant", Duration::from_secs(10))
+        .await;
+    provider.approve_device(&code).await;
+    wait_for_new_token(&env, "shop", Some(&first), Duration::from_secs(20)).await;
+    env.wait_for_condition(
+        "shop",
+        "Ready",
+        ("True", "TokenValid"),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(
+        env.condition("shop", "ReauthorizationRequired").await,
+        Some(("False".into(), "Authorized".into()))
+    );
+    let stats = provider.stats().await;
+    assert_eq!(
+        stats.error("invalid_grant"),
+        1,
+        "one presentation of the revoked token: {stats:?}"
+    );
+    secrets.collect(&env, "shop", "shop-token").await;
+    operator.assert_no_secret_in_logs(&secrets);
+}
+
+/// slow_down raises the polling interval for good (by 5 s, RFC 8628 section 3.5).
+#[tokio::test]
+async fn e2e_device_flow_slows_down_when_told() {
+    let (env, provider, secrets) = setup("slowdown", 30).await;
+    let operator = Operator::start(&env);
+    provider.slow_down_next_device_polls(1).await;
+    apply_device_token(&env, &provider, &secrets, "shop").await;
+    let code = wait_for_user_code(&env, "shop", None, Duration::from_secs(20)).await;
+    let shown = Instant::now();
+    provider.approve_device(&code).await;
+    wait_for_new_token(&env, "shop", None, Duration::from_secs(40)).await;
+    // Polls at 5 s (slow_down) and then 10 s later, not 5.
+    let elapsed = shown.elapsed();
+    println!("token after {elapsed:?}");
+    assert!(elapsed >= Duration::from_secs(13), "{elapsed:?}");
+    let stats = provider.stats().await;
+    assert_eq!(
+        stats.grant_type("urn:ietf:params:oauth:grant-type:device_code"),
+        2,
+        "{stats:?}"
+    );
+    secrets.collect(&env, "shop", "shop-token").await;
+    operator.assert_no_secret_in_logs(&secrets);
+}
+
+/// An expired device code ends with its own reason and waits; a refresh request starts a new
+/// authorization at once. A denied one has a reason of its own.
+#[tokio::test]
+async fn e2e_device_codes_expire_or_are_denied_with_their_own_reasons() {
+    let env = Env::new("expired").await;
+    let provider = OidcProvider::start(OidcOptions {
+        device_code_ttl_secs: 6,
+        ..OidcOptions::default()
+    })
+    .await;
+    let secrets = SecretValues::default();
+    let operator = Operator::start(&env);
+    apply_device_token(&env, &provider, &secrets, "shop").await;
+    let first = wait_for_user_code(&env, "shop", None, Duration::from_secs(20)).await;
+    env.wait_for_condition(
+        "shop",
+        "Ready",
+        ("False", "AuthorizationExpired"),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(env.status("shop").await["authorization"].is_null());
+    env.wait_for_event(
+        "shop",
+        "Warning AuthorizationExpired",
+        Duration::from_secs(10),
+    )
+    .await;
+    let message = env.condition_message("shop", "Ready").await;
+    assert!(
+        message.contains("A new authorization starts at"),
+        "{message}"
+    );
+    // Nothing more happens on its own for minutes (and a request within
+    // spec.minRefreshInterval, 10 s, of the end would only be acknowledged).
+    let before = provider.stats().await.device_authorizations;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(provider.stats().await.device_authorizations, before);
+
+    request_refresh(&env, "shop", "new-code").await;
+    let second = wait_for_user_code(&env, "shop", Some(&first), Duration::from_secs(20)).await;
+    assert_eq!(provider.stats().await.device_authorizations, before + 1);
+    provider.deny_device(&second).await;
+    env.wait_for_condition(
+        "shop",
+        "Ready",
+        ("False", "AccessDenied"),
+        Duration::from_secs(20),
+    )
+    .await;
+    env.wait_for_event("shop", "Warning AccessDenied", Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        env.condition("shop", "ReauthorizationRequired").await,
+        Some(("True".into(), "AccessDenied".into()))
+    );
+    operator.assert_no_secret_in_logs(&secrets);
+}
+
+/// A refresh asked for is made once and acknowledged; one asked for too soon after is only
+/// acknowledged; the chain is never presented twice.
+#[tokio::test]
+async fn e2e_refresh_on_demand_is_acknowledged_and_rate_limited() {
+    let (env, provider, secrets) = setup("ondemand", 300).await;
+    let operator = Operator::start(&env);
+    create_chain(
+        &env,
+        &provider,
+        &secrets,
+        "shop",
+        BASIC_CLIENT,
+        json!({"minRefreshInterval": "5s"}),
+    )
+    .await;
+    let first = wait_for_new_token(&env, "shop", None, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before = provider.stats().await.grant_type("refresh_token");
+    request_refresh(&env, "shop", "first").await;
+    let result = wait_for_acknowledgement(&env, "shop", "first", Duration::from_secs(20)).await;
+    assert!(result.starts_with("Refreshed"), "{result}");
+    let second = current_token(&env, "shop").await;
+    assert_ne!(first, second);
+    assert_eq!(
+        provider.stats().await.grant_type("refresh_token"),
+        before + 1
+    );
+    // Again at once: too soon.
+    request_refresh(&env, "shop", "second").await;
+    let result = wait_for_acknowledgement(&env, "shop", "second", Duration::from_secs(20)).await;
+    assert!(
+        result.starts_with("Not refreshed: the last token request was at"),
+        "{result}"
+    );
+    assert_eq!(
+        provider.stats().await.grant_type("refresh_token"),
+        before + 1
+    );
+    assert_eq!(current_token(&env, "shop").await, second);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    request_refresh(&env, "shop", "third").await;
+    let result = wait_for_acknowledgement(&env, "shop", "third", Duration::from_secs(20)).await;
+    assert!(result.starts_with("Refreshed"), "{result}");
+    let stats = provider.stats().await;
+    assert_eq!(stats.grant_type("refresh_token"), before + 2);
+    assert_eq!(stats.error("invalid_grant"), 0, "{stats:?}");
+    secrets.collect(&env, "shop", "shop-token").await;
+    operator.assert_no_secret_in_logs(&secrets);
+}
+
+/// spec.suspend: no token requests while set, and Ready says so; unset, refreshing resumes.
+/// The refresh token's expiry warning: RefreshTokenExpiring within the warning window.
+#[tokio::test]
+async fn e2e_suspend_and_the_refresh_token_expiry_warning() {
+    let (env, provider, secrets) = setup("suspend", 300).await;
+    let operator = Operator::start(&env);
+    create_chain(
+        &env,
+        &provider,
+        &secrets,
+        "shop",
+        BASIC_CLIENT,
+        json!({"suspend": true, "refreshTokenLifetime": "1h", "refreshTokenExpiryWarning": "2h"}),
+    )
+    .await;
+    env.wait_for_condition(
+        "shop",
+        "Ready",
+        ("False", "Suspended"),
+        Duration::from_secs(20),
+    )
+    .await;
+    request_refresh(&env, "shop", "while-suspended").await;
+    let result =
+        wait_for_acknowledgement(&env, "shop", "while-suspended", Duration::from_secs(20)).await;
+    assert!(result.starts_with("Not refreshed (Suspended)"), "{result}");
+    assert_eq!(provider.stats().await.token_requests, 0);
+    env.wait_for_event("shop", "Normal Suspended", Duration::from_secs(10))
+        .await;
+
+    let mut spec = serde_json::to_value(env.tokens().get("shop").await.unwrap().spec).unwrap();
+    spec["suspend"] = json!(false);
+    env.apply_token("shop", spec).await;
+    wait_for_new_token(&env, "shop", None, Duration::from_secs(20)).await;
+    env.wait_for_condition(
+        "shop",
+        "Ready",
+        ("True", "TokenValid"),
+        Duration::from_secs(10),
+    )
+    .await;
+    env.wait_for_event("shop", "Normal Resumed", Duration::from_secs(10))
+        .await;
+    env.wait_for_condition(
+        "shop",
+        "RefreshTokenExpiring",
+        ("True", "ExpiresSoon"),
+        Duration::from_secs(10),
+    )
+    .await;
+    env.wait_for_event(
+        "shop",
+        "Warning RefreshTokenExpiring",
+        Duration::from_secs(10),
+    )
+    .await;
+    secrets.collect(&env, "shop", "shop-token").await;
+    operator.assert_no_secret_in_logs(&secrets);
+}

@@ -407,7 +407,8 @@ pub struct OAuthTokenStatus {
     /// What a human must do to authorize this OAuthToken, while a device authorization is
     /// pending: open `verificationUri` and enter `userCode` (or open `verificationUriComplete`)
     /// before `expiresAt`. Absent otherwise.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Serialized as null when absent: the status merge patch must remove a code that is done.
+    #[serde(default)]
     pub authorization: Option<PendingAuthorization>,
 
     /// The last value of the annotation `oauth-token-operator.io/refresh` the operator handled:
