@@ -288,6 +288,12 @@ pub struct DeviceCodeGrant {
     pub device_authorization_endpoint: String,
 }
 
+impl Reauthorization {
+    fn is_import(&self) -> bool {
+        *self == Reauthorization::Import
+    }
+}
+
 /// How a dead refresh-token chain is restored.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum Reauthorization {
@@ -313,7 +319,7 @@ pub struct RefreshTokenGrant {
     /// What happens when the refresh token cannot be used any more: `Import` (the default)
     /// waits for a new refresh token in the import Secret; `DeviceCode` starts a device
     /// authorization at `deviceAuthorizationEndpoint`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Reauthorization::is_import")]
     pub reauthorization: Reauthorization,
     /// The provider's device authorization endpoint, for `reauthorization: DeviceCode`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
