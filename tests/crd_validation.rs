@@ -98,5 +98,9 @@ fn refresh_token_lifetime_is_for_the_refresh_token_grant_only() {
     let allegro = with(valid_spec(), "refreshTokenLifetime", json!("90d"));
     assert_eq!(rejection(allegro.clone()), "");
     let cc = with(allegro, "grant", json!({"clientCredentials": {}}));
-    assert!(rejection(cc).contains("refreshTokenLifetime only applies to the refreshToken grant"));
+    assert!(
+        rejection(cc).contains(
+            "refreshTokenLifetime only applies to the refreshToken and deviceCode grants"
+        )
+    );
 }
