@@ -1514,3 +1514,42 @@ async fn e2e_suspend_and_the_refresh_token_expiry_warning() {
     secrets.collect(&env, "shop", "shop-token").await;
     operator.assert_no_secret_in_logs(&secrets);
 }
+
+/// A device-flow chain whose state Secret is deleted: the chain is gone (StateLost), and a new
+/// device authorization restores it; nothing is presented that the provider would take as reuse.
+#[tokio::test]
+async fn e2e_device_flow_restores_a_deleted_state_secret() {
+    let (env, provider, secrets) = setup("devicelost", 300).await;
+    let operator = Operator::start(&env);
+    apply_device_token(&env, &provider, &secrets, "shop").await;
+    let first_code = wait_for_user_code(&env, "shop", None, Duration::from_secs(20)).await;
+    provider.approve_device(&first_code).await;
+    let token = wait_for_new_token(&env, "shop", None, Duration::from_secs(20)).await;
+    secrets.collect(&env, "shop", "shop-token").await;
+    env.secrets()
+        .delete("shop-oauth-state", &Default::default())
+        .await
+        .unwrap();
+    // The deletion is noticed at the next reconcile: ask for one.
+    request_refresh(&env, "shop", "after-deletion").await;
+    let second_code =
+        wait_for_user_code(&env, "shop", Some(&first_code), Duration::from_secs(30)).await;
+    assert_eq!(
+        env.condition("shop", "ReauthorizationRequired").await,
+        Some(("True".into(), "StateLost".into()))
+    );
+    provider.approve_device(&second_code).await;
+    wait_for_new_token(&env, "shop", Some(&token), Duration::from_secs(20)).await;
+    env.wait_for_condition(
+        "shop",
+        "Ready",
+        ("True", "TokenValid"),
+        Duration::from_secs(10),
+    )
+    .await;
+    let stats = provider.stats().await;
+    assert_eq!(stats.error("invalid_grant"), 0, "{stats:?}");
+    assert_eq!(stats.device_authorizations, 2, "{stats:?}");
+    secrets.collect(&env, "shop", "shop-token").await;
+    operator.assert_no_secret_in_logs(&secrets);
+}

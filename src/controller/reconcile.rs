@@ -353,7 +353,11 @@ impl Run<'_> {
             return Ok(outcome);
         };
         if !self.ctx.fencing.may_refresh() {
-            return Ok(outcome);
+            // Leadership is gone or the process stops: the next leader authorizes; status
+            // stays as it was.
+            return Ok(Outcome::Deferred {
+                until: self.now + chrono::TimeDelta::seconds(5),
+            });
         }
         match self.device_flow(settings, endpoint, ended).await? {
             DeviceFlow::Outcome(outcome) => Ok(outcome),
@@ -637,12 +641,17 @@ impl Run<'_> {
             .device_sessions
             .take(&uid)
             .filter(|s| s.request == request_key);
-        let earlier_end = match status::ready_reason(self.previous).as_deref() {
+        let previous_reason = status::ready_reason(self.previous);
+        let earlier_end = match previous_reason.as_deref() {
             Some(reason::AUTHORIZATION_EXPIRED) => Some(reason::AUTHORIZATION_EXPIRED),
             Some(reason::ACCESS_DENIED) => Some(reason::ACCESS_DENIED),
             _ => None,
         };
-        let ends_in_a_row = if earlier_end.is_some() {
+        // An authorization started after an earlier one ended keeps that count in
+        // failedAttempts while it is pending: the back-off grows with every end in a row.
+        let ends_in_a_row = if earlier_end.is_some()
+            || previous_reason.as_deref() == Some(reason::AUTHORIZATION_PENDING)
+        {
             self.previous.failed_attempts
         } else {
             0
@@ -1141,7 +1150,21 @@ impl Run<'_> {
             ..
         } = &inputs.settings.grant
         else {
-            return Outcome::invalid_spec("no refresh token".to_string());
+            // Begun by a device authorization, which the caller starts now.
+            if matches!(done, Done::NoToken) {
+                return Outcome::invalid_spec(
+                    "no refresh token yet: a device authorization begins the chain".to_string(),
+                );
+            }
+            warn!("the state Secret is gone");
+            return Outcome::ChainDead {
+                reason: reason::STATE_LOST,
+                message: format!(
+                    "The state Secret {} holding the refresh-token chain was deleted; the refresh token it held is not known any more",
+                    self.token.state_secret_name()
+                ),
+                state: TokenState::default(),
+            };
         };
         if matches!(done, Done::NoToken) {
             return Outcome::invalid_spec(format!(
