@@ -1553,3 +1553,66 @@ async fn e2e_device_flow_restores_a_deleted_state_secret() {
     secrets.collect(&env, "shop", "shop-token").await;
     operator.assert_no_secret_in_logs(&secrets);
 }
+
+/// A device code is redeemed once: when the Kubernetes API fails just as the human authorized,
+/// the refresh token obtained is kept in memory until the chain takes it, never redeemed again
+/// and never replaced by a second authorization. Needs fault injection (test server only).
+#[tokio::test]
+async fn e2e_device_flow_keeps_what_it_redeemed_through_an_api_outage() {
+    let (env, provider, secrets) = setup("deviceapi", 300).await;
+    let Some(faults) = env.faults() else {
+        println!("skipped: fault injection needs the in-process test server");
+        return;
+    };
+    let operator = Operator::start(&env);
+    apply_device_token(&env, &provider, &secrets, "shop").await;
+    let code = wait_for_user_code(&env, "shop", None, Duration::from_secs(20)).await;
+    // Every write about this OAuthToken fails for 10 s, starting before the poll that redeems
+    // the code: the import record in status cannot be written.
+    faults.fail_next(kube_test_apiserver::FaultSpec {
+        count: 1000,
+        status: 500,
+        path_contains: Some(format!(
+            "/namespaces/{}/oauthtokens/shop/status",
+            env.namespace
+        )),
+        method: None,
+        delay: None,
+    });
+    provider.approve_device(&code).await;
+    wait_for(
+        "the device code to be redeemed",
+        Duration::from_secs(20),
+        || async {
+            let stats = provider.stats().await;
+            (stats.successes > 0).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        env.secret_data("shop-token").await.is_none(),
+        "nothing is published before the chain is stored"
+    );
+    faults.clear();
+    wait_for_new_token(&env, "shop", None, Duration::from_secs(60)).await;
+    env.wait_for_condition(
+        "shop",
+        "Ready",
+        ("True", "TokenValid"),
+        Duration::from_secs(10),
+    )
+    .await;
+    let stats = provider.stats().await;
+    assert_eq!(
+        stats.device_authorizations, 1,
+        "no second authorization: {stats:?}"
+    );
+    assert_eq!(
+        stats.error("invalid_grant"),
+        0,
+        "the device code was redeemed once: {stats:?}"
+    );
+    secrets.collect(&env, "shop", "shop-token").await;
+    operator.assert_no_secret_in_logs(&secrets);
+}

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use secrecy::SecretString;
 
 use crate::oauth::DeviceAuthorization;
 use crate::oauth::device::{MAX_POLL_INTERVAL, SLOW_DOWN_INCREMENT};
@@ -53,25 +54,51 @@ impl Session {
     }
 }
 
+/// A refresh token a device authorization obtained, not yet handed to the chain: a device code
+/// is redeemed once (a second redemption revokes the grant at some providers), so what it gave
+/// is kept until the chain has taken it.
+pub struct Redeemed {
+    pub refresh_token: SecretString,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Times the chain could not take it (the Kubernetes API failed).
+    pub tries: u32,
+}
+
+/// How many reconciles may fail to hand a redeemed refresh token to the chain before it is
+/// given up (a human then authorizes again).
+pub const REDEEMED_TRIES: u32 = 10;
+
+/// What a device authorization left in memory.
+pub enum Pending {
+    Polling(Session),
+    Redeemed(Redeemed),
+}
+
 /// Device authorizations in progress, by OAuthToken uid. A reconcile takes its OAuthToken's
-/// session and puts it back; reconciles of one OAuthToken never overlap.
+/// entry and puts it back; reconciles of one OAuthToken never overlap.
 #[derive(Default)]
-pub struct Sessions(Mutex<HashMap<String, Session>>);
+pub struct Sessions(Mutex<HashMap<String, Pending>>);
 
 impl Sessions {
-    pub fn take(&self, uid: &str) -> Option<Session> {
+    pub fn take(&self, uid: &str) -> Option<Pending> {
         self.lock().remove(uid)
     }
 
     pub fn put(&self, uid: &str, session: Session) {
-        self.lock().insert(uid.to_string(), session);
+        self.lock()
+            .insert(uid.to_string(), Pending::Polling(session));
+    }
+
+    pub fn keep_redeemed(&self, uid: &str, redeemed: Redeemed) {
+        self.lock()
+            .insert(uid.to_string(), Pending::Redeemed(redeemed));
     }
 
     pub fn forget(&self, uid: &str) {
         self.lock().remove(uid);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -127,7 +154,6 @@ fn delta(duration: Duration) -> chrono::TimeDelta {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::SecretString;
 
     fn t(seconds: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_700_000_000 + seconds, 0).unwrap()

@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 
 use super::chain::protocol::{Answer, Done, Loaded, Offer, Record};
 use super::chain::{self, ChainStore, Ended, ForeignStateSecret, Sent, send_within};
+use super::device::Redeemed;
 use super::secrets::{self, controlled_by, secret_text};
 use super::settings::{self, ClientSource, GrantSettings, Settings};
 use super::state::{AccessToken, Binding, TokenState, fingerprint, rfc3339};
@@ -234,25 +235,19 @@ impl chain::Requests for TokenRequests<'_, '_> {
     }
 }
 
-/// A refresh token a human's device authorization obtained, to enter the chain.
-struct Authorized {
-    refresh_token: SecretString,
-    expires_at: Option<DateTime<Utc>>,
-}
-
 /// Where a step of the device flow led. Short-lived, one per reconcile: its size is no matter.
 #[allow(clippy::large_enum_variant)]
 enum DeviceFlow {
     /// Still waiting for the human, or ended: report this.
     Outcome(Outcome),
     /// The human authorized: the refresh token enters the chain.
-    Authorized(Authorized),
+    Authorized(Redeemed),
 }
 
 /// The import offer of a device authorization's refresh token: like an import from the import
 /// Secret (whose version stays recorded, so a used-up import is not offered again).
 fn device_offer(
-    authorized: Authorized,
+    authorized: &Redeemed,
     stored: Option<&TokenState>,
     binding: &Binding,
 ) -> Offer<TokenState> {
@@ -261,7 +256,7 @@ fn device_offer(
     Offer {
         fingerprint: offered.clone(),
         state: TokenState {
-            refresh_token: Some(authorized.refresh_token),
+            refresh_token: Some(authorized.refresh_token.clone()),
             refresh_token_expires_at: authorized.expires_at,
             imported_fingerprint: Some(offered),
             binding: Some(binding.clone()),
@@ -361,13 +356,45 @@ impl Run<'_> {
         }
         match self.device_flow(settings, endpoint, ended).await? {
             DeviceFlow::Outcome(outcome) => Ok(outcome),
-            DeviceFlow::Authorized(authorized) => {
+            DeviceFlow::Authorized(mut redeemed) => {
                 self.device_authorized
                     .store(true, std::sync::atomic::Ordering::Relaxed);
-                let (outcome, _) = self
-                    .refresh_chain(settings, target, import, Some(authorized))
-                    .await?;
-                Ok(outcome)
+                let offered = fingerprint(redeemed.refresh_token.expose_secret());
+                let result = self
+                    .refresh_chain(settings, target, import, Some(&redeemed))
+                    .await;
+                // Taken once status records it as imported: from then on the chain (and the
+                // core's import rule) owns it.
+                let recorded = self
+                    .recorded
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                    .map(|r| r.fingerprint.clone());
+                let taken = recorded.as_ref() == Some(&offered)
+                    || self.previous.imported_refresh_token_sha256.as_ref() == Some(&offered)
+                    || matches!(&result, Ok((outcome, _)) if outcome
+                        .state()
+                        .and_then(|s| s.imported_fingerprint.as_ref())
+                        == Some(&offered));
+                if !taken {
+                    // A budget deferral is no failure; anything else is, a bounded number of
+                    // times.
+                    if !matches!(&result, Ok((Outcome::Deferred { .. }, _))) {
+                        redeemed.tries += 1;
+                    }
+                    if redeemed.tries < super::device::REDEEMED_TRIES {
+                        debug!(
+                            "the device authorization's refresh token is kept until the chain takes it"
+                        );
+                        self.ctx.device_sessions.keep_redeemed(&uid, redeemed);
+                    } else {
+                        warn!(
+                            "the refresh token of a device authorization could not be stored; it is given up"
+                        );
+                    }
+                }
+                result.map(|(outcome, _)| outcome)
             }
         }
     }
@@ -380,7 +407,7 @@ impl Run<'_> {
         settings: &Settings,
         target: Option<&Secret>,
         import: Option<&settings::KeyRef>,
-        authorized: Option<Authorized>,
+        authorized: Option<&Redeemed>,
     ) -> Result<(Outcome, Option<Option<(&'static str, String)>>), Error> {
         let fencing = &self.ctx.fencing;
         let mut store = match ChainStore::load(self.secrets, self.token, &self.ctx.caches).await? {
@@ -618,7 +645,7 @@ impl Run<'_> {
         endpoint: &url::Url,
         ended: Option<(&'static str, String)>,
     ) -> Result<DeviceFlow, Error> {
-        use super::device::{Session, Step};
+        use super::device::{Pending, Session, Step};
         use crate::oauth::{DeviceAuthorizationRequest, DevicePoll, device_poll};
         let uid = self.token.uid().unwrap_or_default();
         let client = match self.client_credentials(settings, true).await? {
@@ -636,11 +663,12 @@ impl Run<'_> {
             &spec.extra_parameters,
         ])
         .to_string();
-        let mut session = self
-            .ctx
-            .device_sessions
-            .take(&uid)
-            .filter(|s| s.request == request_key);
+        let mut session = match self.ctx.device_sessions.take(&uid) {
+            // Redeemed earlier, not yet taken by the chain: offered again, never redeemed twice.
+            Some(Pending::Redeemed(redeemed)) => return Ok(DeviceFlow::Authorized(redeemed)),
+            Some(Pending::Polling(session)) => Some(session).filter(|s| s.request == request_key),
+            None => None,
+        };
         let previous_reason = status::ready_reason(self.previous);
         let earlier_end = match previous_reason.as_deref() {
             Some(reason::AUTHORIZATION_EXPIRED) => Some(reason::AUTHORIZATION_EXPIRED),
@@ -769,7 +797,8 @@ impl Run<'_> {
                     (Ok(issued), _) => match issued.refresh_token {
                         Some(refresh_token) => {
                             info!("a human authorized by device flow");
-                            Ok(DeviceFlow::Authorized(Authorized {
+                            Ok(DeviceFlow::Authorized(Redeemed {
+                                tries: 0,
                                 refresh_token,
                                 expires_at: schedule::refresh_token_expiry(
                                     issued.requested_at,
