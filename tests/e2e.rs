@@ -1254,7 +1254,10 @@ async fn e2e_device_flow_first_authorization() {
     assert_eq!(stats.device_authorizations, 1, "{stats:?}");
     operator.assert_no_secret_in_logs(&secrets);
     let events = env.events_for("shop").await;
-    println!("events: {events:?}");
+    assert!(
+        !events.iter().any(|e| e.starts_with("Warning")),
+        "waiting for a human is no failure: {events:?}"
+    );
 }
 
 /// Device flow as re-authorization: the provider revokes the grant; the refresh request that
@@ -1311,6 +1314,21 @@ async fn e2e_device_flow_restores_a_revoked_chain() {
         env.condition("shop", "ReauthorizationRequired").await,
         Some(("False".into(), "Authorized".into()))
     );
+    // The import Secret still holds the used-up refresh token of the first authorization. A
+    // touch (a GitOps re-apply, a label) must not make it look new: the restored chain goes on.
+    env.secrets()
+        .patch(
+            "shop-authorization",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    request_refresh(&env, "shop", "after-touch").await;
+    let result =
+        wait_for_acknowledgement(&env, "shop", "after-touch", Duration::from_secs(20)).await;
+    assert!(result.starts_with("Refreshed"), "{result}");
     let stats = provider.stats().await;
     assert_eq!(
         stats.error("invalid_grant"),

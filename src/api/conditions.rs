@@ -65,6 +65,9 @@ pub mod reason {
     pub const ACCESS_DENIED: &str = "AccessDenied";
     /// The device code expired before a human entered it.
     pub const AUTHORIZATION_EXPIRED: &str = "AuthorizationExpired";
+    /// A device authorization succeeded but the provider issued no refresh token (a scope such
+    /// as `offline_access` is missing).
+    pub const NO_REFRESH_TOKEN: &str = "NoRefreshToken";
 }
 
 /// Status values of a condition.

@@ -438,7 +438,8 @@ pub struct PendingAuthorization {
     /// Where to enter `userCode`.
     pub verification_uri: String,
     /// A URI that carries the code already, when the provider gives one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Written as null when absent: a merge patch from one code to the next must not keep it.
+    #[serde(default)]
     pub verification_uri_complete: Option<String>,
     /// When the code stops working; a new one is then shown after a back-off, or at once when
     /// a refresh is asked for with the annotation.

@@ -137,7 +137,7 @@ pub async fn reconcile<K: Resource>(object: Arc<K>, ctx: Arc<Context>) -> Result
     // reconcile that took a token request and three writes would otherwise wake that late.
     // The expiry warning turns on by the clock alone: look then.
     let warning_at = status::uses_refresh_tokens(&token)
-        .then(|| status::expiry_warning_begins(&next, status::expiry_warning(&token), Utc::now()))
+        .then(|| status::expiry_warning_begins(&next, status::expiry_warning(&token), now))
         .flatten();
     Ok(requeue_for(
         &outcome,
@@ -246,19 +246,29 @@ enum DeviceFlow {
 
 /// The import offer of a device authorization's refresh token: like an import from the import
 /// Secret (whose version stays recorded, so a used-up import is not offered again).
+///
+/// With an import Secret, the import bookkeeping keeps naming the import Secret's refresh token
+/// (`import_secret`: its fingerprint and version now): the device token is no import, and the
+/// used-up token in the import Secret must never look new again when that Secret is touched.
 fn device_offer(
     authorized: &Redeemed,
     stored: Option<&TokenState>,
     binding: &Binding,
+    import_secret: Option<(String, Option<String>)>,
 ) -> Offer<TokenState> {
     let offered = fingerprint(authorized.refresh_token.expose_secret());
     let base = stored.cloned().unwrap_or_default();
+    let (imported_fingerprint, import_secret_version) = match import_secret {
+        Some((fingerprint, version)) => (fingerprint, version),
+        None => (offered.clone(), base.import_secret_version.clone()),
+    };
     Offer {
-        fingerprint: offered.clone(),
+        fingerprint: offered,
         state: TokenState {
             refresh_token: Some(authorized.refresh_token.clone()),
             refresh_token_expires_at: authorized.expires_at,
-            imported_fingerprint: Some(offered),
+            imported_fingerprint: Some(imported_fingerprint),
+            import_secret_version,
             binding: Some(binding.clone()),
             claim: None,
             rejected_fingerprint: None,
@@ -348,8 +358,9 @@ impl Run<'_> {
             return Ok(outcome);
         };
         if !self.ctx.fencing.may_refresh() {
-            // Leadership is gone or the process stops: the next leader authorizes; status
-            // stays as it was.
+            // Leadership is gone or the process stops: the next leader authorizes (and shows
+            // its own code; this one is not polled again); status stays as it was.
+            self.ctx.device_sessions.forget(&uid);
             return Ok(Outcome::Deferred {
                 until: self.now + chrono::TimeDelta::seconds(5),
             });
@@ -431,7 +442,18 @@ impl Run<'_> {
         };
         let binding = settings.binding(&identity.client_id);
         let offer = match (authorized, import) {
-            (Some(authorized), _) => Some(device_offer(authorized, stored.as_ref(), &binding)),
+            (Some(authorized), import) => {
+                let import_secret = match import {
+                    Some(import) => self.import_secret_now(import).await?,
+                    None => None,
+                };
+                Some(device_offer(
+                    authorized,
+                    stored.as_ref(),
+                    &binding,
+                    import_secret,
+                ))
+            }
             (None, Some(import)) => {
                 self.import_offer(settings, import, stored.as_ref(), &binding)
                     .await?
@@ -501,6 +523,9 @@ impl Run<'_> {
             .outcome(&inputs, &schedule, ended, failure, access_error)
             .await?;
         let unauthorized = match &outcome {
+            // A refreshToken grant begins with an import; only a deviceCode grant begins with
+            // a device authorization.
+            _ if never_began && import.is_some() => None,
             _ if never_began => Some(None),
             Outcome::ChainDead {
                 reason, message, ..
@@ -513,6 +538,24 @@ impl Run<'_> {
             _ => None,
         };
         Ok((outcome, unauthorized))
+    }
+
+    /// The fingerprint of the refresh token in the import Secret now, and the Secret's version.
+    async fn import_secret_now(
+        &self,
+        import: &settings::KeyRef,
+    ) -> Result<Option<(String, Option<String>)>, Error> {
+        let namespace = self.token.namespace().unwrap_or_default();
+        let source = self
+            .ctx
+            .caches
+            .user_secret(self.secrets, &namespace, &import.secret)
+            .await
+            .map_err(Error::ReadInputs)?;
+        Ok(source.and_then(|source| {
+            let value = secret_text(&source, &import.key)?;
+            Some((fingerprint(&value), source.resource_version()))
+        }))
     }
 
     /// The refresh token in the import Secret, when that Secret changed since the last import.
@@ -673,6 +716,7 @@ impl Run<'_> {
         let earlier_end = match previous_reason.as_deref() {
             Some(reason::AUTHORIZATION_EXPIRED) => Some(reason::AUTHORIZATION_EXPIRED),
             Some(reason::ACCESS_DENIED) => Some(reason::ACCESS_DENIED),
+            Some(reason::NO_REFRESH_TOKEN) => Some(reason::NO_REFRESH_TOKEN),
             _ => None,
         };
         // An authorization started after an earlier one ended keeps that count in
@@ -698,10 +742,14 @@ impl Run<'_> {
             let restart_at = self.now
                 + chrono::TimeDelta::from_std(super::device::restart_delay(ends))
                     .unwrap_or_default();
-            let what = if why == reason::ACCESS_DENIED {
-                "The authorization was declined at the provider (access_denied)"
-            } else {
-                "The device code expired before anyone entered it"
+            let what = match why {
+                reason::ACCESS_DENIED => {
+                    "The authorization was declined at the provider (access_denied)"
+                }
+                reason::NO_REFRESH_TOKEN => {
+                    "A human authorized, but the provider issued no refresh token, so the operator cannot keep the access token fresh: ask for a scope that grants one (often offline_access) in spec.scopes"
+                }
+                _ => "The device code expired before anyone entered it",
             };
             info!(reason = why, %restart_at, "the device authorization ended");
             DeviceFlow::Outcome(Outcome::AuthorizationEnded {
@@ -809,10 +857,7 @@ impl Run<'_> {
                                 ),
                             }))
                         }
-                        None => Ok(DeviceFlow::Outcome(Outcome::Blocked {
-                            reason: reason::PROVIDER_REJECTED,
-                            message: "A human authorized, but the provider issued no refresh token, so the operator cannot keep the access token fresh: ask for a scope that grants one (often offline_access) in spec.scopes".to_string(),
-                        })),
+                        None => Ok(end(reason::NO_REFRESH_TOKEN)),
                     },
                     (Err(_), Some(DevicePoll::Pending)) => {
                         session.polled(polled_at, false);
@@ -835,7 +880,8 @@ impl Run<'_> {
                         session.polled(polled_at, false);
                         if let Some(retry_after) = error.retry_after() {
                             session.next_poll = session.next_poll.max(
-                                polled_at + chrono::TimeDelta::from_std(retry_after).unwrap_or_default(),
+                                polled_at
+                                    + chrono::TimeDelta::from_std(retry_after).unwrap_or_default(),
                             );
                         }
                         let outcome = authorizing(&session, ended);

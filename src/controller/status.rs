@@ -243,6 +243,21 @@ pub fn desired(
             );
             next.authorization = Some(pending.clone());
             next.next_refresh_at = None;
+            // failedAttempts counts authorizations that ended in a row (the back-off of the
+            // next); failures of the chain before it count no more.
+            let after_an_end = matches!(
+                ready_reason(previous).as_deref(),
+                Some(
+                    reason::AUTHORIZATION_EXPIRED
+                        | reason::ACCESS_DENIED
+                        | reason::NO_REFRESH_TOKEN
+                        | reason::AUTHORIZATION_PENDING
+                )
+            );
+            if !after_an_end {
+                next.failed_attempts = 0;
+                next.last_failure_at = None;
+            }
         }
         Outcome::AuthorizationEnded {
             reason: why,
@@ -386,6 +401,10 @@ pub fn desired(
     }
     if conditions.uses_refresh_tokens {
         conditions.refresh_token_expiring(&mut next, expiry_warning(token), token);
+    } else {
+        // A grant switched to client credentials has no refresh token to warn about.
+        next.conditions
+            .retain(|c| c.type_ != REFRESH_TOKEN_EXPIRING);
     }
     // A code is shown only while this process polls for it.
     if !matches!(
