@@ -3,6 +3,12 @@
 //! below; the protocol as it was before (tests/support/legacy_chain.rs) breaks each of them, which
 //! shows that the properties can fail.
 //!
+//! One configuration lets a consumer report the published token unusable (the refresh
+//! annotation, `Loaded::token_reported_unusable`): a reconcile that follows the report ends the
+//! wait for a silent holder whose claim ran out, on purpose. Its presentation is exempt from the
+//! second half of property 1, and the successor its claim makes the holder give up from property
+//! 3; every other property holds as without reports.
+//!
 //! `CHAIN_MODEL_DEEP=1 cargo test --release --test chain_model deeper -- --nocapture` checks
 //! deeper bounds (two faults over 12 s; three processes with two refreshes each); it takes
 //! minutes.
@@ -16,7 +22,8 @@ use std::time::Instant;
 
 use chain_model::{
     CLAIM_HONOURED, CLAIM_KEPT, ChainModel, Config, Core, Faults, GOES_ON, NO_DROP, NO_FALSE_DEATH,
-    NO_REUSE_AFTER_STORE, NO_REUSE_WHILE_HELD, ONCE_MORE, small_timing,
+    NO_REUSE_AFTER_STORE, NO_REUSE_WHILE_HELD, ONCE_MORE, REPORT_COSTS_SUCCESSOR, REPORT_ENDS_WAIT,
+    small_timing,
 };
 use legacy_chain::Legacy;
 use oauth_token_operator::controller::chain::protocol::{Ledger, Refresh};
@@ -34,6 +41,7 @@ fn config(processes: usize, refreshes: u8, max_clock: u8, faults: u8, allowed: F
         lifetime: 6,
         timing: small_timing(),
         uneven: false,
+        reports: 0,
     }
 }
 
@@ -87,6 +95,30 @@ fn processes_with_different_request_timeouts_keep_every_property() {
         },
     )
     .assert_properties();
+}
+
+#[test]
+fn a_consumer_report_ends_only_the_wait_for_a_silent_holder() {
+    // A consumer reports the published token unusable once, at any time, to either process: the
+    // reconcile it starts presents the token once more without waiting for a silent holder whose
+    // claim ran out. That may reuse a token whose successor the holder could still store (the
+    // exemption in NO_REUSE_WHILE_HELD; it happens: REPORT_ENDS_WAIT), and the holder then gives
+    // that successor up (the exemption in NO_DROP; it happens: REPORT_COSTS_SUCCESSOR). Every
+    // other property holds as without reports: the report never lets a live claim be taken or
+    // written over, a stored successor's token be presented, or a token be presented twice after
+    // a lost answer.
+    let checker = check::<OperatorCore>(
+        "2 processes, 2 refreshes each, 10 s, 10 s tokens, any 1 fault, 1 report",
+        Config {
+            reports: 1,
+            // Tokens that serve long after a claim ran out: there is a wait for the report to end.
+            lifetime: 10,
+            ..config(2, 2, 10, 1, Faults::all())
+        },
+    );
+    checker.assert_properties();
+    assert!(checker.discovery(REPORT_ENDS_WAIT).is_some());
+    assert!(checker.discovery(REPORT_COSTS_SUCCESSOR).is_some());
 }
 
 #[test]

@@ -116,6 +116,10 @@ pub struct Config {
     /// Process 1 runs with a longer request timeout than the others (a rollout that changes
     /// `--token-request-timeout`): it reckons the published token stops serving earlier.
     pub uneven: bool,
+    /// Times in one behaviour at most that a consumer reports the published access token
+    /// unusable (the `oauth-token-operator.io/refresh` annotation): each starts a reconcile whose
+    /// `Loaded` says so. Not a fault: it does not count against `faults`. 0 leaves it out.
+    pub reports: u8,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -197,6 +201,8 @@ pub struct World<C: Core> {
     pub provider: Provider,
     pub processes: Vec<Proc<C>>,
     pub faults: u8,
+    /// Consumer reports so far (`Action::Report`).
+    pub reports: u8,
     pub ghost: Ghost,
 }
 
@@ -243,6 +249,8 @@ pub struct Run<C: Core> {
     pub sent: bool,
     /// When the access token published before this run's claim expires.
     pub serving_until: Option<DateTime<Utc>>,
+    /// This run began on a consumer's report that the published token no longer serves.
+    pub reported: bool,
 }
 
 /// What the process does next in this run.
@@ -299,6 +307,15 @@ pub struct Ghost {
     /// When each process made its current claim (before it was written: the holder counts
     /// from then).
     pub claimed_at: Vec<Option<u8>>,
+    /// A presentation that followed a consumer's report was made while another live process
+    /// could still store the successor: the report ended the wait for it, as it may.
+    pub report_ended_wait: bool,
+    /// Tokens whose in-flight claim of one process another process took over in a reconcile
+    /// that followed a consumer's report (bit n: `tn`).
+    pub claimed_on_report: u32,
+    /// A process gave up a successor within the time others would have waited for it, because
+    /// a claim that followed a report took the token it replaced.
+    pub report_cost_successor: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -307,6 +324,10 @@ pub enum Action {
     /// A reconcile starts from the process's watch cache as it is (`false`: a cache that lags,
     /// holding whatever state it saw last, intermediate ones skipped) or caught up (`true`).
     Begin(usize, bool),
+    /// A consumer reports the published access token unusable (it asks for a refresh with the
+    /// annotation): a reconcile of process `p` starts at once, whatever its requeue, from its
+    /// cache as in `Begin`, and its `Loaded` carries `token_reported_unusable`.
+    Report(usize, bool),
     /// Carry out the run's next output (a request reaches the provider as it is sent).
     Execute(usize),
     Deliver(usize, Shape),
@@ -332,15 +353,37 @@ pub enum Action {
 /// Property 1, in two halves: a refresh token is never presented after its successor was
 /// stored, nor while a live process can still store that successor. Reuse happens only where the
 /// successor is truly gone: never stored, and its holder crashed or its window closed.
+///
+/// The first half holds whatever consumers report.
 pub const NO_REUSE_AFTER_STORE: &str = "never presented after its successor was stored";
-pub const NO_REUSE_WHILE_HELD: &str =
-    "never presented while a live process can still store its successor";
+/// The second half is what a consumer's report may override, and only that: a reconcile that
+/// began on a report that the published token no longer serves (`Loaded::
+/// token_reported_unusable`) does not wait for a silent holder whose claim ran out, and so may
+/// take over that claim and present its token while the holder could still store the successor.
+/// Exempt is exactly that presentation: made in a reconcile that followed a report, of a token
+/// whose in-flight claim of another process such a reconcile took over. Every other presentation
+/// is checked. The report ends only that wait: a live claim is still honoured and kept, a token
+/// whose successor was stored is never presented again, and after a lost answer there is at most
+/// one more presentation, all checked with reports as without.
+pub const NO_REUSE_WHILE_HELD: &str = "never presented while a live process can still store its \
+    successor, unless by a reconcile that followed a consumer's report and took over the claim";
 /// Property 2: after a lost answer, at most one more presentation, ever.
 pub const ONCE_MORE: &str = "after a lost answer, at most one more presentation";
 /// Property 3: no successor is dropped by a process that lives long enough to write it: one that
 /// received it readable drops it only when the API is out of its reach, its claim ran out or
 /// another process claimed the token it replaced.
-pub const NO_DROP: &str = "no successor given up by a process that can store it";
+///
+/// Without reports another process claims that token only once the holder's claim ran out and
+/// the published token stopped serving by the holder's reckoning (less the skew allowance): the
+/// check counts the holder's time as that long, and a claim of another that has ended since
+/// (answered, lost) as no excuse. A consumer's report ends that wait (see `NO_REUSE_WHILE_HELD`),
+/// so a reconcile that followed a report may claim the token while the holder could still store
+/// its successor; the holder then gives it up, as it must (storing it would write over that
+/// claim, and after its presentation the successor is revoked or of unknown fate). Such a drop
+/// is excused, and only such a drop: the token it replaced was claimed, over the holder's claim,
+/// in a reconcile that followed a report. `REPORT_COSTS_SUCCESSOR` shows it happens.
+pub const NO_DROP: &str = "no successor given up by a process that can store it, unless a \
+    reconcile that followed a consumer's report claimed the token it replaced";
 /// Property 4: without faults every refresh commits and no process waits forever (checked on
 /// every behaviour's end).
 pub const GOES_ON: &str = "without faults every refresh commits and nobody waits forever";
@@ -350,6 +393,15 @@ pub const NO_FALSE_DEATH: &str = "a chain is declared lost only with cause";
 pub const CLAIM_HONOURED: &str = "no claim over another process's live claim";
 /// ...nor removed by any other write of another process.
 pub const CLAIM_KEPT: &str = "no write of another process removes a live claim";
+/// With reports (`Config::reports`), a report does end the wait for a holder that can still
+/// store its successor in some behaviour: the exemption in `NO_REUSE_WHILE_HELD` is needed, and
+/// the report's path is reached.
+pub const REPORT_ENDS_WAIT: &str =
+    "a consumer's report ends the wait for a silent holder that could still store its successor";
+/// With reports, the exemption in `NO_DROP` is needed: a holder gives up a successor because a
+/// reconcile that followed a report claimed the token it replaced.
+pub const REPORT_COSTS_SUCCESSOR: &str =
+    "a claim that followed a consumer's report makes a holder give up its successor";
 
 /// Every property the ghost tracks, by bit.
 const TRACKED: [&str; 7] = [
@@ -557,8 +609,16 @@ impl<C: Core> ChainModel<C> {
                         .as_ref()
                         .is_none_or(|c| c.holder == holder || c.lost || c.answered)
             });
+            let claimed_on_report = presented
+                .as_deref()
+                .and_then(token_number)
+                .is_some_and(|n| world.ghost.claimed_on_report & (1 << n) != 0);
             if !world.processes[p].partitioned && within_claim && unchallenged {
-                violate(&mut world.ghost, NO_DROP);
+                if claimed_on_report {
+                    world.ghost.report_cost_successor = true;
+                } else {
+                    violate(&mut world.ghost, NO_DROP);
+                }
             }
         }
         if let Done::Dead {
@@ -631,7 +691,15 @@ impl<C: Core> ChainModel<C> {
                         held == successor && end.is_none_or(|end| end > self.mono(world, i))
                     })
                 });
-            if held {
+            // The one exemption: a reconcile that followed a consumer's report took over the
+            // claim another process left in flight on this token, and presents it.
+            let reported = presenter
+                .and_then(|p| world.processes[p].run.as_ref())
+                .is_some_and(|r| r.reported)
+                && world.ghost.claimed_on_report & (1 << token) != 0;
+            if held && reported {
+                world.ghost.report_ended_wait = true;
+            } else if held {
                 violate(&mut world.ghost, NO_REUSE_WHILE_HELD);
             }
         }
@@ -670,6 +738,7 @@ impl<C: Core> Model for ChainModel<C> {
             },
             processes,
             faults: 0,
+            reports: 0,
             ghost: Ghost {
                 claimed_at: vec![None; self.config.processes],
                 ..Ghost::default()
@@ -717,6 +786,12 @@ impl<C: Core> Model for ChainModel<C> {
                         actions.push(Action::Begin(p, true));
                     }
                     actions.push(Action::Begin(p, false));
+                }
+                if proc.begun < self.config.refreshes && world.reports < self.config.reports {
+                    if !proc.partitioned && proc.cache != world.server {
+                        actions.push(Action::Report(p, true));
+                    }
+                    actions.push(Action::Report(p, false));
                 }
                 continue;
             };
@@ -842,7 +917,11 @@ impl<C: Core> Model for ChainModel<C> {
                 proc.epoch += 1;
                 proc.cache = server;
             }
-            Action::Begin(p, catch_up) => {
+            Action::Begin(p, catch_up) | Action::Report(p, catch_up) => {
+                let reported = matches!(action, Action::Report(..));
+                if reported {
+                    world.reports += 1;
+                }
                 if catch_up {
                     world.processes[p].cache = world.server.clone();
                 }
@@ -865,6 +944,7 @@ impl<C: Core> Model for ChainModel<C> {
                     presented: None,
                     sent: false,
                     serving_until: None,
+                    reported,
                 });
                 let loaded = Loaded {
                     stored: stored.map(|s| s.ledger),
@@ -876,7 +956,7 @@ impl<C: Core> Model for ChainModel<C> {
                     binding: binding(),
                     due: true,
                     may_refresh: true,
-                    token_reported_unusable: false,
+                    token_reported_unusable: reported,
                 };
                 self.feed(&mut world, p, Input::Loaded(loaded));
             }
@@ -1024,6 +1104,15 @@ impl<C: Core> Model for ChainModel<C> {
                 world.ghost.committed > 0
             }),
         ];
+        if self.config.reports > 0 {
+            properties.push(Property::sometimes(REPORT_ENDS_WAIT, |_, w: &World<C>| {
+                w.ghost.report_ended_wait
+            }));
+            properties.push(Property::sometimes(
+                REPORT_COSTS_SUCCESSOR,
+                |_, w: &World<C>| w.ghost.report_cost_successor,
+            ));
+        }
         if self.config.faults == 0 {
             properties.push(Property::eventually(GOES_ON, |_, world: &World<C>| {
                 world.ghost.committed > 0
@@ -1155,6 +1244,9 @@ impl<C: Core> ChainModel<C> {
                         *count = count.saturating_add(1);
                     }
                     mark_lost(&mut world.ghost, n);
+                    if world.processes[p].run.as_ref().is_some_and(|r| r.reported) {
+                        world.ghost.claimed_on_report |= 1 << n;
+                    }
                 }
                 if let Some(live) = previous_claim.as_ref().filter(in_flight)
                     && live.holder != holder
