@@ -1163,6 +1163,43 @@ async fn wait_for_user_code(env: &Env, name: &str, not: Option<&str>, timeout: D
     .await
 }
 
+/// No secret value the provider handed out (device codes included, which only the operator's
+/// memory should hold) in the operator's logs, the OAuthToken's status or metadata, or any Event
+/// of the namespace.
+async fn assert_nothing_issued_leaked(
+    env: &Env,
+    provider: &OidcProvider,
+    secrets: &SecretValues,
+    operator: &Operator,
+    name: &str,
+) {
+    let issued = provider.issued_secrets().await;
+    assert!(!issued.is_empty(), "the provider handed nothing out");
+    for value in &issued {
+        secrets.add(value);
+    }
+    operator.assert_no_secret_in_logs(secrets);
+    let token = env.tokens().get(name).await.unwrap();
+    let visible = serde_json::to_string(&(&token.status, &token.metadata.annotations)).unwrap();
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(env.client.clone(), &env.namespace);
+    let events = serde_json::to_string(
+        &events
+            .list(&kube::api::ListParams::default())
+            .await
+            .unwrap()
+            .items,
+    )
+    .unwrap();
+    for value in secrets.values() {
+        assert!(
+            !visible.contains(&value),
+            "a secret value in the OAuthToken"
+        );
+        assert!(!events.contains(&value), "a secret value in an Event");
+    }
+}
+
 /// An OAuthToken whose chain begins with a device authorization.
 async fn apply_device_token(
     env: &Env,
@@ -1252,7 +1289,7 @@ async fn e2e_device_flow_first_authorization() {
     let stats = provider.stats().await;
     assert_eq!(stats.error("invalid_grant"), 0, "{stats:?}");
     assert_eq!(stats.device_authorizations, 1, "{stats:?}");
-    operator.assert_no_secret_in_logs(&secrets);
+    assert_nothing_issued_leaked(&env, &provider, &secrets, &operator, "shop").await;
     let events = env.events_for("shop").await;
     assert!(
         !events.iter().any(|e| e.starts_with("Warning")),
@@ -1336,7 +1373,7 @@ async fn e2e_device_flow_restores_a_revoked_chain() {
         "one presentation of the revoked token: {stats:?}"
     );
     secrets.collect(&env, "shop", "shop-token").await;
-    operator.assert_no_secret_in_logs(&secrets);
+    assert_nothing_issued_leaked(&env, &provider, &secrets, &operator, "shop").await;
 }
 
 /// slow_down raises the polling interval for good (by 5 s, RFC 8628 section 3.5).
@@ -1361,7 +1398,7 @@ async fn e2e_device_flow_slows_down_when_told() {
         "{stats:?}"
     );
     secrets.collect(&env, "shop", "shop-token").await;
-    operator.assert_no_secret_in_logs(&secrets);
+    assert_nothing_issued_leaked(&env, &provider, &secrets, &operator, "shop").await;
 }
 
 /// An expired device code ends with its own reason and waits; a refresh request starts a new
@@ -1420,7 +1457,7 @@ async fn e2e_device_codes_expire_or_are_denied_with_their_own_reasons() {
         env.condition("shop", "ReauthorizationRequired").await,
         Some(("True".into(), "AccessDenied".into()))
     );
-    operator.assert_no_secret_in_logs(&secrets);
+    assert_nothing_issued_leaked(&env, &provider, &secrets, &operator, "shop").await;
 }
 
 /// A refresh asked for is made once and acknowledged; one asked for too soon after is only
@@ -1470,7 +1507,7 @@ async fn e2e_refresh_on_demand_is_acknowledged_and_rate_limited() {
     assert_eq!(stats.grant_type("refresh_token"), before + 2);
     assert_eq!(stats.error("invalid_grant"), 0, "{stats:?}");
     secrets.collect(&env, "shop", "shop-token").await;
-    operator.assert_no_secret_in_logs(&secrets);
+    assert_nothing_issued_leaked(&env, &provider, &secrets, &operator, "shop").await;
 }
 
 /// spec.suspend: no token requests while set, and Ready says so; unset, refreshing resumes.
@@ -1530,7 +1567,7 @@ async fn e2e_suspend_and_the_refresh_token_expiry_warning() {
     )
     .await;
     secrets.collect(&env, "shop", "shop-token").await;
-    operator.assert_no_secret_in_logs(&secrets);
+    assert_nothing_issued_leaked(&env, &provider, &secrets, &operator, "shop").await;
 }
 
 /// A device-flow chain whose state Secret is deleted: the chain is gone (StateLost), and a new
@@ -1569,7 +1606,7 @@ async fn e2e_device_flow_restores_a_deleted_state_secret() {
     assert_eq!(stats.error("invalid_grant"), 0, "{stats:?}");
     assert_eq!(stats.device_authorizations, 2, "{stats:?}");
     secrets.collect(&env, "shop", "shop-token").await;
-    operator.assert_no_secret_in_logs(&secrets);
+    assert_nothing_issued_leaked(&env, &provider, &secrets, &operator, "shop").await;
 }
 
 /// A device code is redeemed once: when the Kubernetes API fails just as the human authorized,
@@ -1632,5 +1669,5 @@ async fn e2e_device_flow_keeps_what_it_redeemed_through_an_api_outage() {
         "the device code was redeemed once: {stats:?}"
     );
     secrets.collect(&env, "shop", "shop-token").await;
-    operator.assert_no_secret_in_logs(&secrets);
+    assert_nothing_issued_leaked(&env, &provider, &secrets, &operator, "shop").await;
 }

@@ -60,13 +60,14 @@ impl Session {
 pub struct Redeemed {
     pub refresh_token: SecretString,
     pub expires_at: Option<DateTime<Utc>>,
-    /// Times the chain could not take it (the Kubernetes API failed).
-    pub tries: u32,
+    /// When the device code was redeemed (monotonic).
+    pub redeemed_at: std::time::Instant,
 }
 
-/// How many reconciles may fail to hand a redeemed refresh token to the chain before it is
-/// given up (a human then authorizes again).
-pub const REDEEMED_TRIES: u32 = 10;
+/// How long a redeemed refresh token the chain could not take yet (the Kubernetes API failing,
+/// the origin's budget) is kept before it is given up and a human authorizes again. Retries
+/// come from the reconciles' error policy, some every 200 ms: a count would run out in seconds.
+pub const REDEEMED_KEPT_FOR: Duration = Duration::from_secs(15 * 60);
 
 /// What a device authorization left in memory.
 pub enum Pending {

@@ -367,7 +367,7 @@ impl Run<'_> {
         }
         match self.device_flow(settings, endpoint, ended).await? {
             DeviceFlow::Outcome(outcome) => Ok(outcome),
-            DeviceFlow::Authorized(mut redeemed) => {
+            DeviceFlow::Authorized(redeemed) => {
                 self.device_authorized
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 let offered = fingerprint(redeemed.refresh_token.expose_secret());
@@ -389,12 +389,7 @@ impl Run<'_> {
                         .and_then(|s| s.imported_fingerprint.as_ref())
                         == Some(&offered));
                 if !taken {
-                    // A budget deferral is no failure; anything else is, a bounded number of
-                    // times.
-                    if !matches!(&result, Ok((Outcome::Deferred { .. }, _))) {
-                        redeemed.tries += 1;
-                    }
-                    if redeemed.tries < super::device::REDEEMED_TRIES {
+                    if redeemed.redeemed_at.elapsed() < super::device::REDEEMED_KEPT_FOR {
                         debug!(
                             "the device authorization's refresh token is kept until the chain takes it"
                         );
@@ -846,7 +841,7 @@ impl Run<'_> {
                         Some(refresh_token) => {
                             info!("a human authorized by device flow");
                             Ok(DeviceFlow::Authorized(Redeemed {
-                                tries: 0,
+                                redeemed_at: std::time::Instant::now(),
                                 refresh_token,
                                 expires_at: schedule::refresh_token_expiry(
                                     issued.requested_at,

@@ -409,6 +409,9 @@ function buildProvider(issuer) {
   provider.use(async (ctx, next) => {
     if (ctx.method === 'POST' && ctx.path === deviceAuthorizationPath) {
       stats.device_authorizations += 1;
+      await next();
+      rememberIssued(ctx.body, ['device_code']);
+      return;
     }
     if (ctx.method !== 'POST' || ctx.path !== tokenPath) {
       await next();
@@ -473,6 +476,7 @@ function buildProvider(issuer) {
       if (fault && fault.answer_delay_ms) await sleep(fault.answer_delay_ms);
     } finally {
       const body = ctx.body;
+      rememberIssued(body, ['access_token', 'refresh_token', 'id_token']);
       if (ctx.status >= 200 && ctx.status < 300 && body && typeof body === 'object' && body.access_token) {
         stats.successes += 1;
       } else {
@@ -488,6 +492,16 @@ function buildProvider(issuer) {
 }
 
 // ---------------------------------------------------------------------------
+// Every secret value the provider handed out (device codes, access, refresh and ID tokens), so
+// that tests can look for each of them where no secret may appear (GET /test/issued).
+const issued = [];
+function rememberIssued(body, fields) {
+  if (!body || typeof body !== 'object') return;
+  for (const field of fields) {
+    if (typeof body[field] === 'string' && body[field].length > 0) issued.push(body[field]);
+  }
+}
+
 // Admin routes (/test/*), handled before the provider sees the request.
 // ---------------------------------------------------------------------------
 
@@ -580,6 +594,11 @@ async function handleAdmin(provider, req, res) {
         provider.Grant.adapter.destroy(grantId),
       ]);
       sendJson(res, 200, { grant_id: grantId, existed });
+      return;
+    }
+
+    if (method === 'GET' && pathname === '/test/issued') {
+      sendJson(res, 200, issued);
       return;
     }
 

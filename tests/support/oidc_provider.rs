@@ -454,6 +454,12 @@ impl OidcProvider {
         let _: serde_json::Value = self.admin_json(reqwest::Method::POST, &path, None).await;
     }
 
+    /// Every secret value the provider handed out so far: device codes, access, refresh and ID
+    /// tokens (`GET /test/issued`).
+    pub async fn issued_secrets(&self) -> Vec<String> {
+        self.admin_json(reqwest::Method::GET, "/issued", None).await
+    }
+
     pub async fn stats(&self) -> Stats {
         self.admin_json(reqwest::Method::GET, "/stats", None).await
     }
