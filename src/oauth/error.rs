@@ -109,7 +109,13 @@ impl OAuthError {
             OAuthError::Rejected { code, .. } => match code.as_str() {
                 "invalid_grant" => FailureKind::ReauthorizationRequired,
                 "invalid_client" | "unauthorized_client" => FailureKind::InvalidClient,
-                "temporarily_unavailable" | "server_error" | "slow_down" => FailureKind::Transient,
+                // A device code poll that is early (RFC 8628 3.5): ask again later.
+                ErrorCode::AUTHORIZATION_PENDING | ErrorCode::SLOW_DOWN => FailureKind::Transient,
+                "temporarily_unavailable" | "server_error" => FailureKind::Transient,
+                // The user refused, or the device code ran out (RFC 8628 3.5): the
+                // authorization has to be started again by a human. Nothing is said about
+                // any refresh token, which these grants never present.
+                ErrorCode::ACCESS_DENIED | ErrorCode::EXPIRED_TOKEN => FailureKind::Configuration,
                 _ => FailureKind::Configuration,
             },
             OAuthError::UnexpectedStatus { status: 401 } => FailureKind::InvalidClient,
@@ -130,6 +136,20 @@ impl OAuthError {
         match self {
             OAuthError::InvalidEndpoint(_) => "InvalidEndpoint",
             OAuthError::InsecureEndpoint => "InsecureEndpoint",
+            OAuthError::Rejected { code, .. }
+                if code.as_str() == ErrorCode::AUTHORIZATION_PENDING =>
+            {
+                "AuthorizationPending"
+            }
+            OAuthError::Rejected { code, .. } if code.as_str() == ErrorCode::SLOW_DOWN => {
+                "SlowDown"
+            }
+            OAuthError::Rejected { code, .. } if code.as_str() == ErrorCode::EXPIRED_TOKEN => {
+                "DeviceCodeExpired"
+            }
+            OAuthError::Rejected { code, .. } if code.as_str() == ErrorCode::ACCESS_DENIED => {
+                "AccessDenied"
+            }
             OAuthError::Rejected { .. } => match self.kind() {
                 FailureKind::ReauthorizationRequired => "InvalidGrant",
                 FailureKind::InvalidClient => "InvalidClient",
@@ -210,6 +230,15 @@ impl OAuthError {
 pub struct ErrorCode(String);
 
 impl ErrorCode {
+    /// RFC 8628 3.5: the user has not finished yet; poll again after the interval.
+    pub const AUTHORIZATION_PENDING: &'static str = "authorization_pending";
+    /// RFC 8628 3.5: poll again, and from now on 5 seconds slower.
+    pub const SLOW_DOWN: &'static str = "slow_down";
+    /// RFC 8628 3.5: the device code expired; a new device authorization is needed.
+    pub const EXPIRED_TOKEN: &'static str = "expired_token";
+    /// RFC 6749 4.1.2.1 / RFC 8628 3.5: the user (or the server) refused.
+    pub const ACCESS_DENIED: &'static str = "access_denied";
+
     pub fn new(raw: &str) -> ErrorCode {
         let looks_like_a_code = !raw.is_empty()
             && raw.len() <= 64
@@ -288,6 +317,36 @@ mod tests {
         );
         assert_eq!(rejected("invalid_grant", 400).category(), "InvalidGrant");
         assert_eq!(rejected("invalid_client", 401).category(), "InvalidClient");
+    }
+
+    #[test]
+    fn device_flow_codes_are_classified() {
+        let pending = rejected("authorization_pending", 400);
+        assert_eq!(pending.kind(), FailureKind::Transient);
+        assert_eq!(pending.category(), "AuthorizationPending");
+        let slow = rejected("slow_down", 400);
+        assert_eq!(slow.kind(), FailureKind::Transient);
+        assert_eq!(slow.category(), "SlowDown");
+        let expired = rejected("expired_token", 400);
+        assert_eq!(expired.kind(), FailureKind::Configuration);
+        assert_eq!(expired.category(), "DeviceCodeExpired");
+        let denied = rejected("access_denied", 400);
+        assert_eq!(denied.kind(), FailureKind::Configuration);
+        assert_eq!(denied.category(), "AccessDenied");
+        for error in [pending, slow, expired, denied] {
+            assert_ne!(
+                error.kind(),
+                FailureKind::ReauthorizationRequired,
+                "{error}"
+            );
+            // A complete refusal: whatever was presented was not consumed.
+            assert_eq!(error.presentation(), Presentation::Refused, "{error}");
+            assert_eq!(error.http_status(), Some(400));
+        }
+        assert_eq!(
+            rejected("server_error", 500).category(),
+            "ProviderUnavailable"
+        );
     }
 
     #[test]

@@ -5,16 +5,19 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use base64::Engine as _;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 pub mod budget;
+pub mod device;
 mod error;
 pub mod jwt;
+pub mod pkce;
 mod response;
 
+pub use device::{DeviceAuthorization, DeviceAuthorizationRequest, DevicePoll, device_poll};
 pub use error::{
     ErrorCode, FailureKind, MAX_RETRY_AFTER, OAuthError, Presentation, parse_retry_after,
 };
@@ -59,7 +62,20 @@ impl std::fmt::Debug for ClientCredentials {
 pub enum GrantRequest<'a> {
     RefreshToken(&'a SecretString),
     ClientCredentials,
+    /// RFC 8628 section 3.4: grant_type urn:ietf:params:oauth:grant-type:device_code,
+    /// device_code=... (see [`device`]).
+    DeviceCode(&'a SecretString),
+    /// RFC 6749 4.1.3 + RFC 7636: grant_type authorization_code, code, redirect_uri,
+    /// code_verifier (see [`pkce`]).
+    AuthorizationCode {
+        code: &'a SecretString,
+        redirect_uri: &'a str,
+        code_verifier: &'a SecretString,
+    },
 }
+
+/// `grant_type` of the device access token request (RFC 8628 section 3.4).
+pub const DEVICE_CODE_GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
 /// Everything one token request needs.
 pub struct TokenRequest<'a> {
@@ -79,6 +95,10 @@ const RESERVED_PARAMETERS: &[&str] = &[
     "client_secret",
     "scope",
     "audience",
+    "device_code",
+    "code",
+    "redirect_uri",
+    "code_verifier",
 ];
 
 /// Settings of the HTTP client used for every token request.
@@ -156,8 +176,37 @@ impl TokenClient {
     /// lost. On `Err`, [`OAuthError::presentation`] tells what became of a presented refresh
     /// token.
     pub async fn request(&self, request: &TokenRequest<'_>) -> Result<Issued, OAuthError> {
-        let endpoint = self.check_endpoint(request.endpoint.as_str())?;
-        let form = form_body(request);
+        let answer = self
+            .post_form(request.endpoint, request.client, form_body(request))
+            .await?;
+        match answer.cut {
+            None => response::classify(
+                answer.status,
+                answer.retry_after,
+                &answer.body,
+                answer.requested_at,
+            ),
+            Some(cut) => response::classify_cut(
+                answer.status,
+                answer.retry_after,
+                &answer.body,
+                cut,
+                answer.requested_at,
+            ),
+        }
+    }
+
+    /// POSTs a form to an endpoint of the provider with the client's authentication and reads
+    /// the answer up to the size limit. `Err` only when no answer can be classified at all: the
+    /// endpoint is unusable, the request failed in transport, or a refusal declared a body over
+    /// the limit.
+    async fn post_form(
+        &self,
+        endpoint: &Url,
+        client: &ClientCredentials,
+        form: String,
+    ) -> Result<Answer, OAuthError> {
+        let endpoint = self.check_endpoint(endpoint.as_str())?;
         let mut builder = self
             .http
             .post(endpoint)
@@ -166,8 +215,8 @@ impl TokenClient {
                 reqwest::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",
             );
-        if request.client.method == AuthMethod::ClientSecretBasic {
-            builder = builder.header(AUTHORIZATION, basic_authorization(request.client));
+        if client.method == AuthMethod::ClientSecretBasic {
+            builder = builder.header(AUTHORIZATION, basic_authorization(client));
         }
         let requested_at = Utc::now();
         let response = builder
@@ -193,10 +242,13 @@ impl TokenClient {
             return Err(OAuthError::BodyTooLarge { status, limit });
         }
         let (body, cut) = self.read_limited(status, response).await;
-        match cut {
-            None => response::classify(status, retry_after, &body, requested_at),
-            Some(cut) => response::classify_cut(status, retry_after, &body, cut, requested_at),
-        }
+        Ok(Answer {
+            status,
+            retry_after,
+            body,
+            cut,
+            requested_at,
+        })
     }
 
     /// Reads the body up to the size limit. What arrived is handed back also when the read
@@ -241,6 +293,18 @@ impl TokenClient {
     }
 }
 
+/// An answer of the provider, read up to the size limit.
+struct Answer {
+    status: u16,
+    retry_after: Option<Duration>,
+    /// The body, or the part of it that arrived.
+    body: Vec<u8>,
+    /// Why the body is not whole, if it is not.
+    cut: Option<OAuthError>,
+    /// When the request was sent.
+    requested_at: DateTime<Utc>,
+}
+
 /// The form body of a token request (RFC 6749 appendix B encoding).
 fn form_body(request: &TokenRequest<'_>) -> String {
     let mut form = form_urlencoded::Serializer::new(String::new());
@@ -252,31 +316,64 @@ fn form_body(request: &TokenRequest<'_>) -> String {
         GrantRequest::ClientCredentials => {
             form.append_pair("grant_type", "client_credentials");
         }
+        GrantRequest::DeviceCode(device_code) => {
+            form.append_pair("grant_type", DEVICE_CODE_GRANT_TYPE);
+            form.append_pair("device_code", device_code.expose_secret());
+        }
+        GrantRequest::AuthorizationCode {
+            code,
+            redirect_uri,
+            code_verifier,
+        } => {
+            form.append_pair("grant_type", "authorization_code");
+            form.append_pair("code", code.expose_secret());
+            form.append_pair("redirect_uri", redirect_uri);
+            form.append_pair("code_verifier", code_verifier.expose_secret());
+        }
     }
-    match request.client.method {
+    append_client_and_parameters(
+        &mut form,
+        request.client,
+        request.scopes,
+        request.audience,
+        request.extra_parameters,
+    );
+    form.finish()
+}
+
+/// What every form sent to the provider carries after its own parameters: the client's
+/// identity (unless it goes in the Authorization header), scope, audience, and the extra
+/// parameters that do not override a reserved one.
+fn append_client_and_parameters(
+    form: &mut form_urlencoded::Serializer<'_, String>,
+    client: &ClientCredentials,
+    scopes: &[String],
+    audience: Option<&str>,
+    extra_parameters: &BTreeMap<String, String>,
+) {
+    match client.method {
         AuthMethod::ClientSecretBasic => {}
         AuthMethod::ClientSecretPost => {
-            form.append_pair("client_id", &request.client.client_id);
-            if let Some(secret) = &request.client.client_secret {
+            form.append_pair("client_id", &client.client_id);
+            if let Some(secret) = &client.client_secret {
                 form.append_pair("client_secret", secret.expose_secret());
             }
         }
         AuthMethod::None => {
-            form.append_pair("client_id", &request.client.client_id);
+            form.append_pair("client_id", &client.client_id);
         }
     }
-    if !request.scopes.is_empty() {
-        form.append_pair("scope", &request.scopes.join(" "));
+    if !scopes.is_empty() {
+        form.append_pair("scope", &scopes.join(" "));
     }
-    if let Some(audience) = request.audience {
+    if let Some(audience) = audience {
         form.append_pair("audience", audience);
     }
-    for (name, value) in request.extra_parameters {
+    for (name, value) in extra_parameters {
         if !RESERVED_PARAMETERS.contains(&name.as_str()) {
             form.append_pair(name, value);
         }
     }
-    form.finish()
 }
 
 /// `Authorization: Basic` value: id and secret are form-urlencoded first (RFC 6749 2.3.1).
@@ -381,6 +478,47 @@ mod tests {
         ));
         assert!(body.contains("client_id=my+client"));
         assert!(!body.contains("client_secret"));
+    }
+
+    #[test]
+    fn device_code_and_authorization_code_forms() {
+        let url = Url::parse("https://example.test/token").unwrap();
+        let credentials = client(AuthMethod::None);
+        let device_code = SecretString::from("dc/1");
+        let extra = BTreeMap::from([
+            ("device_code".to_string(), "other".to_string()),
+            ("code".to_string(), "other".to_string()),
+            ("redirect_uri".to_string(), "https://evil".to_string()),
+            ("code_verifier".to_string(), "other".to_string()),
+        ]);
+        let body = form_body(&request(
+            &url,
+            &credentials,
+            GrantRequest::DeviceCode(&device_code),
+            &extra,
+            &[],
+        ));
+        assert_eq!(
+            body,
+            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Adevice_code&device_code=dc%2F1&client_id=my+client&audience=api"
+        );
+        let code = SecretString::from("c&1");
+        let verifier = SecretString::from("v~1");
+        let body = form_body(&request(
+            &url,
+            &credentials,
+            GrantRequest::AuthorizationCode {
+                code: &code,
+                redirect_uri: "http://127.0.0.1:5000/callback",
+                code_verifier: &verifier,
+            },
+            &extra,
+            &[],
+        ));
+        assert_eq!(
+            body,
+            "grant_type=authorization_code&code=c%261&redirect_uri=http%3A%2F%2F127.0.0.1%3A5000%2Fcallback&code_verifier=v%7E1&client_id=my+client&audience=api"
+        );
     }
 
     #[test]

@@ -111,17 +111,26 @@ pub(crate) fn classify(
 ) -> Result<Issued, OAuthError> {
     match status {
         200..=299 => success(status, body, None, requested_at),
-        300..=399 => Err(OAuthError::Redirect { status }),
-        429 | 503 => Err(OAuthError::Throttled {
+        _ => Err(refusal(status, retry_after, body)),
+    }
+}
+
+/// What a non-2xx answer of the provider (token or device authorization endpoint) means: a
+/// redirect, a throttle, an OAuth error (RFC 6749 section 5.2; only the `error` code is kept),
+/// or a bare status.
+pub(crate) fn refusal(status: u16, retry_after: Option<Duration>, body: &[u8]) -> OAuthError {
+    match status {
+        300..=399 => OAuthError::Redirect { status },
+        429 | 503 => OAuthError::Throttled {
             status,
             retry_after,
-        }),
+        },
         _ => match serde_json::from_slice::<RawError>(body) {
-            Ok(raw) => Err(OAuthError::Rejected {
+            Ok(raw) => OAuthError::Rejected {
                 status,
                 code: ErrorCode::new(&raw.error),
-            }),
-            Err(_) => Err(OAuthError::UnexpectedStatus { status }),
+            },
+            Err(_) => OAuthError::UnexpectedStatus { status },
         },
     }
 }
@@ -581,11 +590,11 @@ fn access_grant(status: u16, fields: &Fields<'_>) -> Result<AccessGrant, OAuthEr
 
 const BEARER: &str = "Bearer";
 
-fn string(value: &RawValue) -> Option<String> {
+pub(crate) fn string(value: &RawValue) -> Option<String> {
     serde_json::from_str(value.get()).ok()
 }
 
-fn non_empty_string(value: &RawValue) -> Option<String> {
+pub(crate) fn non_empty_string(value: &RawValue) -> Option<String> {
     string(value).filter(|s| !s.is_empty())
 }
 
@@ -618,7 +627,7 @@ fn scope(value: &RawValue) -> Option<String> {
 
 /// A positive number of seconds, as a JSON number (integer or float, however large) or a
 /// numeric string; at most `max`.
-fn seconds(value: &RawValue, max: Duration) -> Option<Duration> {
+pub(crate) fn seconds(value: &RawValue, max: Duration) -> Option<Duration> {
     let raw = value.get();
     let text = if raw.starts_with('"') {
         string(value)?

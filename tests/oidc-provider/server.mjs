@@ -25,6 +25,7 @@ const { values: argv } = parseArgs({
     'access-token-ttl': { type: 'string' },
     'client-credentials-ttl': { type: 'string' },
     'refresh-token-ttl': { type: 'string' },
+    'device-code-ttl': { type: 'string' },
     'ignore-stdin': { type: 'boolean' },
     'lenient-client-auth': { type: 'boolean' },
   },
@@ -51,6 +52,7 @@ const PORT = intOption('port', 'OIDC_PORT', 0, { min: 0 });
 const ACCESS_TOKEN_TTL = intOption('access-token-ttl', 'OIDC_ACCESS_TOKEN_TTL', 30);
 const CLIENT_CREDENTIALS_TTL = intOption('client-credentials-ttl', 'OIDC_CLIENT_CREDENTIALS_TTL', 30);
 const REFRESH_TOKEN_TTL = intOption('refresh-token-ttl', 'OIDC_REFRESH_TOKEN_TTL', 24 * 60 * 60);
+const DEVICE_CODE_TTL = intOption('device-code-ttl', 'OIDC_DEVICE_CODE_TTL', 600);
 const IGNORE_STDIN = argv['ignore-stdin'] === true || process.env.OIDC_IGNORE_STDIN === '1';
 const STRICT_CLIENT_AUTH = !(argv['lenient-client-auth'] === true || process.env.OIDC_LENIENT_CLIENT_AUTH === '1');
 const HOST = '127.0.0.1';
@@ -80,15 +82,26 @@ if (!IGNORE_STDIN) {
 const USER_SCOPES = 'openid offline_access api:read api:write';
 const REDIRECT_URIS = ['http://127.0.0.1/callback'];
 const USER_GRANTS = ['authorization_code', 'refresh_token'];
+// The clients a human authorizes in a browser or on a second device (basic-client and
+// public-client): `application_type: native` makes oidc-provider accept the loopback
+// redirect on any port (RFC 8252 section 7.3); the HTTPS one is for "paste the URL you
+// were sent to" (never fetched by the tests).
+const DEVICE_CODE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
+const INTERACTIVE_REDIRECT_URIS = ['http://127.0.0.1/callback', 'https://app.example.test/callback'];
+const INTERACTIVE_GRANTS = ['authorization_code', DEVICE_CODE_GRANT, 'refresh_token'];
+// The one account the interaction pages accept.
+const TEST_USER = 'test-user';
+const TEST_PASSWORD = 'test-password';
 
 const CLIENTS = [
   {
     client_id: 'basic-client',
     client_secret: 'basic-client-secret-0123456789abcdef',
     token_endpoint_auth_method: 'client_secret_basic',
-    grant_types: USER_GRANTS,
+    application_type: 'native',
+    grant_types: INTERACTIVE_GRANTS,
     response_types: ['code'],
-    redirect_uris: REDIRECT_URIS,
+    redirect_uris: INTERACTIVE_REDIRECT_URIS,
     scope: USER_SCOPES,
   },
   {
@@ -103,9 +116,10 @@ const CLIENTS = [
   {
     client_id: 'public-client',
     token_endpoint_auth_method: 'none',
-    grant_types: USER_GRANTS,
+    application_type: 'native',
+    grant_types: INTERACTIVE_GRANTS,
     response_types: ['code'],
-    redirect_uris: REDIRECT_URIS,
+    redirect_uris: INTERACTIVE_REDIRECT_URIS,
     scope: USER_SCOPES,
   },
   {
@@ -246,6 +260,7 @@ async function findAccount(_ctx, sub) {
 function emptyStats() {
   return {
     token_requests: 0,
+    device_authorizations: 0,
     successes: 0,
     errors: {},
     by_grant_type: {},
@@ -255,7 +270,14 @@ function emptyStats() {
 }
 
 let stats = emptyStats();
-let faults = []; // queue of { status, error, retry_after, delay_ms }
+let faults = []; // queue of { status, error, retry_after, delay_ms, grant_type }
+
+// The first pending fault meant for a request of this grant_type (a fault without
+// grant_type is meant for any), taken off the queue.
+function takeFault(grantType) {
+  const index = faults.findIndex((f) => !f.grant_type || f.grant_type === grantType);
+  return index === -1 ? undefined : faults.splice(index, 1)[0];
+}
 
 function bump(map, key) {
   map[key] = (map[key] ?? 0) + 1;
@@ -315,8 +337,36 @@ function buildProvider(issuer) {
     // Every refresh rotates the refresh token. Presenting a consumed refresh
     // token revokes the whole grant (oidc-provider's reuse detection).
     rotateRefreshToken: true,
+    // oidc-provider drops `offline_access` from an authorization request without
+    // prompt=consent (and from every device authorization request), and by default
+    // issues refresh tokens only with that scope. Here every client allowed the
+    // refresh_token grant gets one, as with most real providers' confidential and
+    // native apps.
+    issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
+    // Without offline_access those tokens would also end with the browser session
+    // that approved them (a device flow's is gone at once): they are offline here.
+    expiresWithSession: async () => false,
+    // The interaction pages are served by handleInteraction below.
+    interactions: { url: async (_ctx, interaction) => `/interaction/${interaction.uid}` },
     features: {
       devInteractions: { enabled: false },
+      // RFC 8628. Answers have no `interval` (clients use the default 5 s) and
+      // oidc-provider never answers slow_down by itself: see POST /test/faults.
+      deviceFlow: {
+        enabled: true,
+        // Own pages: the defaults print a NOTICE on stdout (which carries only
+        // the ready line) and the tests look for the data-page markers.
+        userCodeInputSource: async (ctx, form, _out, err) => {
+          const message = err ? `<p class="error" data-error="${escapeHtml(err.name ?? 'Error')}">${escapeHtml(err.name ?? 'Error')}</p>` : '';
+          ctx.body = `<!DOCTYPE html><html><body data-page="device-input">${message}${form}<button type="submit" form="op.deviceInputForm">Continue</button></body></html>`;
+        },
+        userCodeConfirmSource: async (ctx, form, client, _deviceInfo, userCode) => {
+          ctx.body = `<!DOCTYPE html><html><body data-page="device-confirm"><p>${escapeHtml(client.clientId)}: <code>${escapeHtml(userCode)}</code></p>${form}<button type="submit" form="op.deviceConfirmForm">Continue</button></body></html>`;
+        },
+        successSource: async (ctx) => {
+          ctx.body = '<!DOCTYPE html><html><body data-page="device-success"><h1>Sign-in Success</h1></body></html>';
+        },
+      },
       clientCredentials: { enabled: true },
       introspection: { enabled: true },
       revocation: { enabled: true },
@@ -338,6 +388,7 @@ function buildProvider(issuer) {
       RefreshToken: () => REFRESH_TOKEN_TTL,
       Grant: () => Math.max(REFRESH_TOKEN_TTL, 14 * 24 * 60 * 60),
       AuthorizationCode: 60,
+      DeviceCode: DEVICE_CODE_TTL,
       IdToken: 3600,
       Interaction: 3600,
       Session: 14 * 24 * 60 * 60,
@@ -345,6 +396,7 @@ function buildProvider(issuer) {
   });
 
   const tokenPath = new URL(provider.urlFor('token')).pathname;
+  const deviceAuthorizationPath = new URL(provider.urlFor('device_authorization')).pathname;
 
   provider.on('server_error', (_ctx, err) => {
     log('server_error:', err?.name, err?.message);
@@ -355,6 +407,9 @@ function buildProvider(issuer) {
   // oidc-provider's own middleware. The form body is read here and handed to
   // oidc-provider as an already-parsed body (it logs a one-time warning).
   provider.use(async (ctx, next) => {
+    if (ctx.method === 'POST' && ctx.path === deviceAuthorizationPath) {
+      stats.device_authorizations += 1;
+    }
     if (ctx.method !== 'POST' || ctx.path !== tokenPath) {
       await next();
       return;
@@ -379,7 +434,7 @@ function buildProvider(issuer) {
       ctx.body = { error, error_description: description };
     };
 
-    const fault = faults.shift();
+    const fault = takeFault(params.get('grant_type') ?? 'unknown');
     if (fault && fault.pass) {
       // A slow but successful answer: the token is rotated only after the delay.
       stats.faults_injected += 1;
@@ -550,6 +605,7 @@ async function handleAdmin(provider, req, res) {
         delay_ms: Number.isInteger(body.delay_ms) && body.delay_ms > 0 ? body.delay_ms : 0,
         pass: body.pass === true,
         answer_delay_ms: Number.isInteger(body.answer_delay_ms) && body.answer_delay_ms > 0 ? body.answer_delay_ms : 0,
+        grant_type: typeof body.grant_type === 'string' && body.grant_type ? body.grant_type : undefined,
       };
       for (let i = 0; i < count; i += 1) faults.push({ ...fault });
       sendJson(res, 200, { pending: faults.length });
@@ -570,6 +626,115 @@ async function handleAdmin(provider, req, res) {
 }
 
 // ---------------------------------------------------------------------------
+// Interaction pages (login + consent), as plain HTML forms a test "browser"
+// (tests/support/oidc_provider.rs) submits. Every page carries
+// data-prompt="login" | "consent" on its form.
+//
+//   GET  /interaction/:uid          the page of the current prompt
+//   POST /interaction/:uid/login    login=test-user&password=test-password
+//   POST /interaction/:uid/confirm  grants every requested scope
+//   POST /interaction/:uid/abort    ends the interaction with access_denied
+// ---------------------------------------------------------------------------
+
+function sendHtml(res, status, html) {
+  res.writeHead(status, {
+    'content-type': 'text/html; charset=utf-8',
+    'content-length': Buffer.byteLength(html),
+    'cache-control': 'no-store',
+  });
+  res.end(html);
+}
+
+function escapeHtml(text) {
+  return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+function interactionPage(uid, prompt, clientId, scope, message = '') {
+  const base = `/interaction/${encodeURIComponent(uid)}`;
+  const deny = `<form data-prompt="${prompt}" id="deny" method="post" action="${base}/abort"><button type="submit">Deny</button></form>`;
+  const main = prompt === 'login'
+    ? `<form data-prompt="login" id="login" method="post" action="${base}/login">
+  <input type="text" name="login"/><input type="password" name="password"/>
+  <button type="submit">Sign in</button></form>`
+    : `<form data-prompt="consent" id="consent" method="post" action="${base}/confirm">
+  <p>Allow ${escapeHtml(clientId)} the scopes ${escapeHtml(scope ?? '')}?</p>
+  <button type="submit">Allow</button></form>`;
+  return `<!DOCTYPE html><html><head><title>${prompt}</title></head><body>
+<h1>${prompt === 'login' ? 'Sign-in' : 'Consent'}</h1>${message}
+${main}
+${deny}
+</body></html>`;
+}
+
+async function handleInteraction(provider, req, res) {
+  const { pathname } = new URL(req.url, 'http://localhost');
+  const match = /^\/interaction\/([^/]+)(?:\/(login|confirm|abort))?$/.exec(pathname);
+  if (!match) {
+    sendHtml(res, 404, '<p>not found</p>');
+    return;
+  }
+  const action = match[2];
+  try {
+    const details = await provider.interactionDetails(req, res);
+    const { uid, prompt, params } = details;
+    if (!action && req.method === 'GET') {
+      sendHtml(res, 200, interactionPage(uid, prompt.name, params.client_id, params.scope));
+      return;
+    }
+    if (req.method !== 'POST' || !action) {
+      sendHtml(res, 405, '<p>method not allowed</p>');
+      return;
+    }
+    const form = new URLSearchParams(await readBody(req, 64 * 1024));
+    if (action === 'abort') {
+      await provider.interactionFinished(req, res, {
+        error: 'access_denied',
+        error_description: 'End-User denied the request',
+      }, { mergeWithLastSubmission: false });
+      return;
+    }
+    if (action === 'login') {
+      if (prompt.name !== 'login') {
+        sendHtml(res, 400, '<p>not a login prompt</p>');
+        return;
+      }
+      if (form.get('login') !== TEST_USER || form.get('password') !== TEST_PASSWORD) {
+        sendHtml(res, 401, interactionPage(uid, 'login', params.client_id, params.scope,
+          '<p class="error">Invalid login or password</p>'));
+        return;
+      }
+      accounts.add(TEST_USER);
+      await provider.interactionFinished(req, res, { login: { accountId: TEST_USER } },
+        { mergeWithLastSubmission: false });
+      return;
+    }
+    // confirm
+    if (prompt.name !== 'consent') {
+      sendHtml(res, 400, '<p>not a consent prompt</p>');
+      return;
+    }
+    const { grantId: existing, missingOIDCScope, missingOIDCClaims, missingResourceScopes } = prompt.details;
+    const grant = existing
+      ? await provider.Grant.find(existing)
+      : new provider.Grant({ accountId: details.session.accountId, clientId: params.client_id });
+    if (missingOIDCScope) grant.addOIDCScope(missingOIDCScope.join(' '));
+    if (missingOIDCClaims) grant.addOIDCClaims(missingOIDCClaims);
+    if (missingResourceScopes) {
+      for (const [indicator, scopes] of Object.entries(missingResourceScopes)) {
+        grant.addResourceScope(indicator, scopes.join(' '));
+      }
+    }
+    const grantId = await grant.save();
+    await provider.interactionFinished(req, res, { consent: { grantId } },
+      { mergeWithLastSubmission: true });
+  } catch (err) {
+    // An unknown or expired interaction (no cookie, wrong uid): a page, not a crash.
+    log('interaction error:', err?.name, err?.message);
+    sendHtml(res, 400, `<p>interaction error: ${escapeHtml(err?.name ?? 'Error')}</p>`);
+  }
+}
+
+// ---------------------------------------------------------------------------
 // Start: listen first (port may be 0), then build the provider with the real
 // issuer, then announce readiness on stdout.
 // ---------------------------------------------------------------------------
@@ -580,6 +745,10 @@ let provider;
 const server = createServer((req, res) => {
   if (req.url === '/test' || req.url.startsWith('/test/')) {
     handleAdmin(provider, req, res);
+    return;
+  }
+  if (req.url.startsWith('/interaction/')) {
+    handleInteraction(provider, req, res);
     return;
   }
   providerCallback(req, res);
@@ -599,6 +768,9 @@ server.listen(PORT, HOST, () => {
   const ready = {
     issuer,
     token_endpoint: provider.urlFor('token'),
+    authorization_endpoint: provider.urlFor('authorization'),
+    device_authorization_endpoint: provider.urlFor('device_authorization'),
+    verification_uri: provider.urlFor('code_verification'),
     revocation_endpoint: provider.urlFor('revocation'),
     introspection_endpoint: provider.urlFor('introspection'),
     discovery_endpoint: `${issuer}/.well-known/openid-configuration`,
@@ -608,8 +780,9 @@ server.listen(PORT, HOST, () => {
     access_token_ttl: ACCESS_TOKEN_TTL,
     client_credentials_ttl: CLIENT_CREDENTIALS_TTL,
     refresh_token_ttl: REFRESH_TOKEN_TTL,
+    device_code_ttl: DEVICE_CODE_TTL,
     strict_client_auth: STRICT_CLIENT_AUTH,
   };
   process.stdout.write(`${JSON.stringify(ready)}\n`);
-  log(`listening on ${issuer} (access token ttl ${ACCESS_TOKEN_TTL}s, client credentials ttl ${CLIENT_CREDENTIALS_TTL}s, refresh token ttl ${REFRESH_TOKEN_TTL}s, strict client auth ${STRICT_CLIENT_AUTH})`);
+  log(`listening on ${issuer} (access token ttl ${ACCESS_TOKEN_TTL}s, client credentials ttl ${CLIENT_CREDENTIALS_TTL}s, refresh token ttl ${REFRESH_TOKEN_TTL}s, device code ttl ${DEVICE_CODE_TTL}s, strict client auth ${STRICT_CLIENT_AUTH})`);
 });

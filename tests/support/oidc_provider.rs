@@ -14,6 +14,14 @@
 //! Refresh tokens rotate on every refresh; presenting an already-used refresh
 //! token answers `invalid_grant` AND revokes the whole grant (the newest
 //! refresh token of that grant then fails too).
+//!
+//! [`BASIC_CLIENT`] and [`PUBLIC_CLIENT`] can also be authorized by a "user":
+//! the device flow (RFC 8628) and the authorization code flow with PKCE
+//! (loopback redirect `http://127.0.0.1/callback` on any port, or
+//! [`HTTPS_REDIRECT_URI`]). [`OidcProvider::approve_device`],
+//! [`OidcProvider::deny_device`], [`OidcProvider::browse_authorization`] and
+//! [`OidcProvider::deny_authorization`] drive the server's pages as a browser
+//! would (cookies kept, xsrf field sent, login as [`TEST_USER`], consent).
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, VecDeque};
@@ -42,8 +50,9 @@ pub struct Client {
     pub auth_method: &'static str,
 }
 
-/// `client_secret_basic`; grants `authorization_code` + `refresh_token`;
-/// scopes `openid offline_access api:read api:write`.
+/// `client_secret_basic`; grants `authorization_code`, the device code grant
+/// and `refresh_token`; scopes `openid offline_access api:read api:write`;
+/// redirect URIs [`LOOPBACK_REDIRECT_URI`] (any port) and [`HTTPS_REDIRECT_URI`].
 pub const BASIC_CLIENT: Client = Client {
     id: "basic-client",
     secret: "basic-client-secret-0123456789abcdef",
@@ -59,7 +68,9 @@ pub const POST_CLIENT: Client = Client {
 };
 
 /// Public client (`none`, send `client_id` in the form); grants
-/// `authorization_code` + `refresh_token`; refresh tokens rotate as well.
+/// `authorization_code` (PKCE required), the device code grant and
+/// `refresh_token`; refresh tokens rotate as well. Redirect URIs as
+/// [`BASIC_CLIENT`].
 pub const PUBLIC_CLIENT: Client = Client {
     id: "public-client",
     secret: "",
@@ -91,6 +102,18 @@ pub const ALL_CLIENTS: [Client; 5] = [
 /// Default scope of [`OidcProvider::create_grant`] callers that do not care.
 pub const DEFAULT_SCOPE: &str = "openid offline_access api:read";
 
+/// The loopback redirect URI registered for [`BASIC_CLIENT`] and
+/// [`PUBLIC_CLIENT`]; any port is accepted (RFC 8252 section 7.3).
+pub const LOOPBACK_REDIRECT_URI: &str = "http://127.0.0.1/callback";
+/// A registered HTTPS redirect URI of [`BASIC_CLIENT`] and [`PUBLIC_CLIENT`]
+/// that nobody serves: read the Location header that points at it.
+pub const HTTPS_REDIRECT_URI: &str = "https://app.example.test/callback";
+/// The one account the interaction pages accept.
+pub const TEST_USER: &str = "test-user";
+pub const TEST_PASSWORD: &str = "test-password";
+/// `grant_type` of device code polls.
+pub const DEVICE_CODE_GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
 #[derive(Debug, Clone)]
 pub struct OidcOptions {
     /// `expires_in` of access tokens issued by the refresh_token grant.
@@ -102,6 +125,8 @@ pub struct OidcOptions {
     /// Reject `client_secret_basic` for a `client_secret_post` client and vice
     /// versa (oidc-provider itself accepts both). Default `true`.
     pub strict_client_auth: bool,
+    /// `expires_in` of device codes. Default 600.
+    pub device_code_ttl_secs: u64,
 }
 
 impl Default for OidcOptions {
@@ -111,6 +136,7 @@ impl Default for OidcOptions {
             client_credentials_ttl_secs: 30,
             refresh_token_ttl_secs: 24 * 60 * 60,
             strict_client_auth: true,
+            device_code_ttl_secs: 600,
         }
     }
 }
@@ -129,6 +155,10 @@ pub struct Grant {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 pub struct Stats {
     pub token_requests: u64,
+    /// POSTs to the device authorization endpoint (not counted in
+    /// `token_requests`).
+    #[serde(default)]
+    pub device_authorizations: u64,
     /// Responses with status 2xx carrying an `access_token`.
     pub successes: u64,
     /// By OAuth `error` code (`invalid_grant`, `invalid_client`, ...), or
@@ -174,6 +204,9 @@ pub struct Fault {
     pub retry_after_secs: Option<u64>,
     /// Delay before answering.
     pub delay_ms: u64,
+    /// Only for token requests of this `grant_type` (others pass it by and
+    /// leave it queued); `None` for any.
+    pub grant_type: Option<String>,
 }
 
 impl Fault {
@@ -183,6 +216,7 @@ impl Fault {
             error: None,
             retry_after_secs: None,
             delay_ms: 0,
+            grant_type: None,
         }
     }
 }
@@ -191,6 +225,9 @@ impl Fault {
 struct Ready {
     issuer: String,
     token_endpoint: String,
+    authorization_endpoint: String,
+    device_authorization_endpoint: String,
+    verification_uri: String,
     revocation_endpoint: String,
     introspection_endpoint: String,
     pid: u32,
@@ -231,6 +268,7 @@ impl OidcProvider {
                 "--refresh-token-ttl",
                 &opts.refresh_token_ttl_secs.to_string(),
             ])
+            .args(["--device-code-ttl", &opts.device_code_ttl_secs.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -330,6 +368,19 @@ impl OidcProvider {
         &self.ready.token_endpoint
     }
 
+    pub fn authorization_endpoint(&self) -> &str {
+        &self.ready.authorization_endpoint
+    }
+
+    pub fn device_authorization_endpoint(&self) -> &str {
+        &self.ready.device_authorization_endpoint
+    }
+
+    /// The page a user enters a device flow's user code at.
+    pub fn verification_uri(&self) -> &str {
+        &self.ready.verification_uri
+    }
+
     pub fn revocation_endpoint(&self) -> &str {
         &self.ready.revocation_endpoint
     }
@@ -426,6 +477,7 @@ impl OidcProvider {
                     "error": fault.error,
                     "retry_after": fault.retry_after_secs,
                     "delay_ms": fault.delay_ms,
+                    "grant_type": fault.grant_type,
                 })),
             )
             .await;
@@ -461,6 +513,111 @@ impl OidcProvider {
                 })),
             )
             .await;
+    }
+
+    /// The next `count` device code polls answer `400 slow_down` (oidc-provider
+    /// never does by itself: it does not enforce the poll interval). Other
+    /// token requests pass these faults by.
+    pub async fn slow_down_next_device_polls(&self, count: u32) {
+        self.inject_faults(
+            count,
+            Fault {
+                error: Some("slow_down".to_owned()),
+                grant_type: Some(DEVICE_CODE_GRANT_TYPE.to_owned()),
+                ..Fault::status(400)
+            },
+        )
+        .await;
+    }
+
+    /// Approves a device flow as its user would: opens the verification page,
+    /// submits `user_code` (with the page's xsrf field), confirms, logs in as
+    /// [`TEST_USER`] and consents; panics unless the success page is reached.
+    pub async fn approve_device(&self, user_code: &str) {
+        let page = self.browse_device(user_code, Decision::Allow).await;
+        assert!(
+            page.body.contains("data-page=\"device-success\""),
+            "device approval did not end on the success page: HTTP {} at {}: {}",
+            page.status,
+            page.url,
+            page.body
+        );
+    }
+
+    /// Denies a device flow as its user would: as [`Self::approve_device`], but
+    /// "Deny" on the consent page, which ends the interaction with
+    /// `access_denied`; the device code's polls then answer `access_denied`.
+    pub async fn deny_device(&self, user_code: &str) {
+        let page = self.browse_device(user_code, Decision::Deny).await;
+        assert!(
+            !page.body.contains("data-page=\"device-success\""),
+            "device denial ended on the success page"
+        );
+    }
+
+    async fn browse_device(&self, user_code: &str, decision: Decision) -> Page {
+        let browser = Browser::new(&self.ready.issuer);
+        let verification = url::Url::parse(&self.ready.verification_uri).unwrap();
+        let input = browser.get(&verification).await;
+        assert_eq!(input.status, 200, "verification page: {}", input.body);
+        let xsrf = hidden_value(&input.body, "xsrf")
+            .unwrap_or_else(|| panic!("no xsrf field on the verification page: {}", input.body));
+        let confirm = browser
+            .post(&verification, &[("xsrf", &xsrf), ("user_code", user_code)])
+            .await;
+        assert!(
+            confirm.body.contains("data-page=\"device-confirm\""),
+            "user code {user_code} not accepted: HTTP {}: {}",
+            confirm.status,
+            confirm.body
+        );
+        let xsrf = hidden_value(&confirm.body, "xsrf").unwrap_or(xsrf);
+        let started = browser
+            .post(
+                &verification,
+                &[
+                    ("xsrf", &xsrf),
+                    ("user_code", user_code),
+                    ("confirm", "yes"),
+                ],
+            )
+            .await;
+        let next = started.location.unwrap_or_else(|| {
+            panic!(
+                "confirming the user code did not redirect: HTTP {}: {}",
+                started.status, started.body
+            )
+        });
+        match browser.drive(next, decision).await {
+            Ending::Page(page) => page,
+            Ending::Away(url) => panic!("the device flow redirected away to {url}"),
+        }
+    }
+
+    /// Follows an authorization URL as a browser would (login as
+    /// [`TEST_USER`], consent) and returns the final redirect to the client's
+    /// redirect URI, read from the Location header and NOT fetched.
+    pub async fn browse_authorization(&self, authorization_url: &str) -> url::Url {
+        self.authorize(authorization_url, Decision::Allow).await
+    }
+
+    /// As [`Self::browse_authorization`], but "Deny" on the consent page: the
+    /// redirect carries `error=access_denied`.
+    pub async fn deny_authorization(&self, authorization_url: &str) -> url::Url {
+        self.authorize(authorization_url, Decision::Deny).await
+    }
+
+    async fn authorize(&self, authorization_url: &str, decision: Decision) -> url::Url {
+        let browser = Browser::new(&self.ready.issuer);
+        let start = url::Url::parse(authorization_url)
+            .unwrap_or_else(|e| panic!("authorization URL {authorization_url:?}: {e}"));
+        match browser.drive(start, decision).await {
+            Ending::Away(url) => url,
+            Ending::Page(page) => panic!(
+                "the authorization did not redirect to the client: HTTP {} at {}: {}",
+                page.status, page.url, page.body
+            ),
+        }
     }
 
     /// Drops all pending injected faults.
@@ -561,4 +718,170 @@ fn ensure_node_modules() {
     fs::write(dir.join("node_modules").join(INSTALL_MARKER), &lock)
         .unwrap_or_else(|e| panic!("writing npm ci marker: {e}"));
     // The lock is released when `lock_file` is dropped.
+}
+
+/// What the "user" answers on the consent page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    Allow,
+    Deny,
+}
+
+/// One answer the browser got.
+#[derive(Debug)]
+struct Page {
+    url: url::Url,
+    status: u16,
+    location: Option<url::Url>,
+    body: String,
+}
+
+/// Where following the server's pages ended.
+enum Ending {
+    /// A page of the server that is neither a redirect nor an interaction.
+    Page(Page),
+    /// A redirect off the server (to the client's redirect URI), not fetched.
+    Away(url::Url),
+}
+
+/// A minimal browser for the server's pages: follows no redirect by itself and
+/// keeps the server's cookies (by name; paths and expiry beyond deletion are
+/// ignored, which is enough for one flow at a time).
+struct Browser {
+    http: reqwest::Client,
+    origin: url::Origin,
+    cookies: Mutex<BTreeMap<String, String>>,
+}
+
+impl Browser {
+    fn new(issuer: &str) -> Browser {
+        Browser {
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("reqwest client"),
+            origin: url::Url::parse(issuer).expect("issuer URL").origin(),
+            cookies: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    async fn get(&self, url: &url::Url) -> Page {
+        self.send(self.http.get(url.clone()), url).await
+    }
+
+    async fn post(&self, url: &url::Url, form: &[(&str, &str)]) -> Page {
+        self.send(self.http.post(url.clone()).form(form), url).await
+    }
+
+    async fn send(&self, mut request: reqwest::RequestBuilder, url: &url::Url) -> Page {
+        assert_eq!(
+            url.origin(),
+            self.origin,
+            "the browser only visits the server"
+        );
+        let cookie = {
+            let cookies = self.cookies.lock().unwrap();
+            cookies
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        if !cookie.is_empty() {
+            request = request.header(reqwest::header::COOKIE, cookie);
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("browser: {url}: {e}"));
+        {
+            let mut cookies = self.cookies.lock().unwrap();
+            for value in response.headers().get_all(reqwest::header::SET_COOKIE) {
+                let Ok(value) = value.to_str() else { continue };
+                let mut parts = value.split(';');
+                let Some((name, content)) = parts.next().and_then(|p| p.split_once('=')) else {
+                    continue;
+                };
+                let expired = parts.any(|attribute| {
+                    let attribute = attribute.trim().to_ascii_lowercase();
+                    attribute == "max-age=0" || attribute.contains("1970")
+                });
+                if content.is_empty() || expired {
+                    cookies.remove(name.trim());
+                } else {
+                    cookies.insert(name.trim().to_owned(), content.trim().to_owned());
+                }
+            }
+        }
+        let status = response.status().as_u16();
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                url.join(v)
+                    .unwrap_or_else(|e| panic!("browser: bad Location {v:?}: {e}"))
+            });
+        let body = response.text().await.unwrap_or_default();
+        Page {
+            url: url.clone(),
+            status,
+            location,
+            body,
+        }
+    }
+
+    /// Follows redirects and answers the interaction pages (login, then
+    /// consent or deny) until a page that is neither, or a redirect away.
+    async fn drive(&self, start: url::Url, decision: Decision) -> Ending {
+        let mut url = start;
+        for _ in 0..20 {
+            if url.origin() != self.origin {
+                return Ending::Away(url);
+            }
+            let page = self.get(&url).await;
+            if (300..400).contains(&page.status) {
+                url = page
+                    .location
+                    .unwrap_or_else(|| panic!("browser: redirect without Location at {url}"));
+                continue;
+            }
+            let action = if page.body.contains("data-prompt=\"login\"") {
+                "login"
+            } else if page.body.contains("data-prompt=\"consent\"") {
+                match decision {
+                    Decision::Allow => "confirm",
+                    Decision::Deny => "abort",
+                }
+            } else {
+                return Ending::Page(page);
+            };
+            let target = url
+                .join(&format!("{}/{action}", url.path()))
+                .expect("interaction URL");
+            let answer = self
+                .post(
+                    &target,
+                    &[("login", TEST_USER), ("password", TEST_PASSWORD)],
+                )
+                .await;
+            url = answer.location.unwrap_or_else(|| {
+                panic!(
+                    "browser: {action} did not redirect: HTTP {}: {}",
+                    answer.status, answer.body
+                )
+            });
+        }
+        panic!("browser: more than 20 steps");
+    }
+}
+
+/// The `value` of the hidden input `name` in an HTML page.
+fn hidden_value(html: &str, name: &str) -> Option<String> {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html.find(&marker)? + marker.len();
+    let end = html[start..].find('"')?;
+    Some(html[start..start + end].to_owned())
 }
