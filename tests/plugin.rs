@@ -4,14 +4,19 @@
 
 mod support;
 
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::DateTime;
 use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
-use support::e2e::Env;
+use support::e2e::{Env, wait_for};
+use support::oidc_provider::{
+    BASIC_CLIENT, DEFAULT_SCOPE, HTTPS_REDIRECT_URI, OidcOptions, OidcProvider,
+};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_oauth-token-operator");
 
@@ -334,4 +339,330 @@ async fn refresh_sets_a_new_annotation_and_a_wait_without_operator_times_out() {
     let output = plugin.run(&env, &["refresh", "nope"]).await;
     assert_eq!(output.status.code(), Some(1));
     assert!(text(&output.stderr).contains("OAuthToken nope not found"));
+}
+
+/// The plugin running in the background, its output collected as it comes.
+struct Running {
+    child: Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    fn start(plugin: &Plugin, env: &Env, args: &[&str]) -> Running {
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        all.extend([
+            "--kubeconfig".to_string(),
+            env.kubeconfig.display().to_string(),
+            "-n".to_string(),
+            env.namespace.clone(),
+        ]);
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let mut child = plugin
+            .command(&all)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let mut out = child.stdout.take().unwrap();
+        let out_text = stdout.clone();
+        let err = BufReader::new(child.stderr.take().unwrap());
+        let err_lines = stderr.clone();
+        let readers = vec![
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = out.read_to_string(&mut text);
+                out_text.lock().unwrap().push_str(&text);
+            }),
+            std::thread::spawn(move || {
+                for line in err.lines().map_while(Result::ok) {
+                    err_lines.lock().unwrap().push(line);
+                }
+            }),
+        ];
+        Running {
+            child,
+            stdout,
+            stderr,
+            readers,
+        }
+    }
+
+    /// The first stderr line that `pick` accepts, transformed.
+    async fn stderr_line<T>(&self, what: &str, pick: impl Fn(&str) -> Option<T>) -> T {
+        wait_for(what, Duration::from_secs(20), || async {
+            self.stderr.lock().unwrap().iter().find_map(|l| pick(l))
+        })
+        .await
+    }
+
+    fn write_stdin(&mut self, text: &str) {
+        let mut stdin = self.child.stdin.take().unwrap();
+        stdin.write_all(text.as_bytes()).unwrap();
+    }
+
+    /// Waits for the exit: status, stdout, stderr.
+    async fn finish(self) -> (ExitStatus, String, String) {
+        let Running {
+            mut child,
+            stdout,
+            stderr,
+            readers,
+        } = self;
+        let status = tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + Duration::from_secs(40);
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("the plugin did not exit within 40 s");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+        .await
+        .unwrap();
+        for reader in readers {
+            reader.join().unwrap();
+        }
+        let stdout = stdout.lock().unwrap().clone();
+        let stderr = stderr.lock().unwrap().join("\n");
+        (status, stdout, stderr)
+    }
+}
+
+/// A provider, the client's Secret and an OAuthToken that imports from `allegro-import`.
+async fn authorize_setup(test: &str) -> (Env, OidcProvider) {
+    let env = Env::new(test).await;
+    let provider = OidcProvider::start(OidcOptions::default()).await;
+    env.apply_client_secret("client", BASIC_CLIENT).await;
+    let token_endpoint = provider.token_endpoint().to_string();
+    env.apply_token(
+        "allegro",
+        json!({
+            "tokenEndpoint": token_endpoint,
+            "authorizationEndpoint": provider.authorization_endpoint(),
+            "clientSecretRef": {"name": "client"},
+            "scopes": DEFAULT_SCOPE.split(' ').collect::<Vec<_>>(),
+            "grant": {"refreshToken": {
+                "initialRefreshTokenSecretRef": {"name": "allegro-import"},
+                "deviceAuthorizationEndpoint": provider.device_authorization_endpoint(),
+            }},
+        }),
+    )
+    .await;
+    (env, provider)
+}
+
+/// The refresh token now in the import Secret, after checking that the provider accepts it.
+async fn imported_refresh_token(env: &Env, provider: &OidcProvider) -> String {
+    let data = env
+        .secret_data("allegro-import")
+        .await
+        .expect("the import Secret exists");
+    let refresh_token = data["refresh_token"].clone();
+    let answer = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(provider.token_endpoint())
+        .basic_auth(BASIC_CLIENT.id, Some(BASIC_CLIENT.secret))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status();
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(
+        status.as_u16(),
+        200,
+        "the provider refused the refresh token: {body}"
+    );
+    assert!(body["access_token"].is_string());
+    refresh_token
+}
+
+/// Nothing secret reached the terminal.
+fn assert_nothing_secret(outputs: &[&str], secrets: &[&str]) {
+    for secret in secrets {
+        assert!(!secret.is_empty());
+        for output in outputs {
+            assert!(!output.contains(secret), "a secret was printed:\n{output}");
+        }
+    }
+}
+
+fn code_of(location: &url::Url) -> String {
+    location
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .expect("the redirect carries a code")
+}
+
+/// The URL the plugin asks the human to open (the indented line after "Open this URL").
+fn printed_url(line: &str) -> Option<String> {
+    let line = line.trim();
+    line.starts_with("http").then(|| line.to_string())
+}
+
+#[tokio::test]
+async fn authorize_over_a_loopback_redirect_writes_the_import_secret() {
+    let (env, provider) = authorize_setup("plugin-loopback").await;
+    let plugin = Plugin::new();
+    let running = Running::start(
+        &plugin,
+        &env,
+        &[
+            "authorize",
+            "allegro",
+            "--no-browser",
+            "--allow-insecure-http",
+            "--timeout",
+            "40s",
+        ],
+    );
+    let url = running
+        .stderr_line("the authorization URL", printed_url)
+        .await;
+    assert!(url.contains("code_challenge_method=S256"), "{url}");
+    let location = provider.browse_authorization(&url).await;
+    assert_eq!(location.host_str(), Some("127.0.0.1"), "{location}");
+    assert_eq!(location.path(), "/callback");
+    // The browser follows the redirect to the plugin's loopback listener.
+    let page = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(location.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    assert!(
+        page.text()
+            .await
+            .unwrap()
+            .contains("You can close this tab")
+    );
+    let (status, stdout, stderr) = running.finish().await;
+    assert!(status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "Wrote a new refresh token to Secret {}/allegro-import, key refresh_token.",
+            env.namespace
+        )),
+        "{stdout}"
+    );
+    let refresh_token = imported_refresh_token(&env, &provider).await;
+    assert_nothing_secret(
+        &[&stdout, &stderr],
+        &[&refresh_token, &code_of(&location), BASIC_CLIENT.secret],
+    );
+}
+
+#[tokio::test]
+async fn authorize_by_pasting_the_redirect_patches_only_the_key() {
+    let (env, provider) = authorize_setup("plugin-paste").await;
+    // The import Secret exists with another key, which stays.
+    env.apply_secret("allegro-import", &[("note", "kept")])
+        .await;
+    let plugin = Plugin::new();
+    let mut running = Running::start(
+        &plugin,
+        &env,
+        &[
+            "authorize",
+            "allegro",
+            "--redirect-uri",
+            HTTPS_REDIRECT_URI,
+            "--no-browser",
+            "--allow-insecure-http",
+            "--timeout",
+            "40s",
+        ],
+    );
+    let url = running
+        .stderr_line("the authorization URL", printed_url)
+        .await;
+    let location = provider.browse_authorization(&url).await;
+    assert!(
+        location.as_str().starts_with(HTTPS_REDIRECT_URI),
+        "{location}"
+    );
+    running
+        .stderr_line("the paste prompt", |l| {
+            l.contains("Paste the full URL").then_some(())
+        })
+        .await;
+    running.write_stdin(&format!("{location}\n"));
+    let (status, stdout, stderr) = running.finish().await;
+    assert!(status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let refresh_token = imported_refresh_token(&env, &provider).await;
+    assert_eq!(
+        env.secret_data("allegro-import").await.unwrap()["note"],
+        "kept"
+    );
+    assert_nothing_secret(
+        &[&stdout, &stderr],
+        &[&refresh_token, &code_of(&location), BASIC_CLIENT.secret],
+    );
+}
+
+#[tokio::test]
+async fn authorize_with_the_device_flow_writes_the_import_secret() {
+    let (env, provider) = authorize_setup("plugin-device").await;
+    let plugin = Plugin::new();
+    let running = Running::start(
+        &plugin,
+        &env,
+        &[
+            "authorize",
+            "allegro",
+            "--device",
+            "--allow-insecure-http",
+            "--timeout",
+            "40s",
+        ],
+    );
+    let user_code = running
+        .stderr_line("the user code", |l| {
+            let rest = l.split(" and enter the code ").nth(1)?;
+            Some(rest.split(' ').next()?.to_string())
+        })
+        .await;
+    provider.approve_device(&user_code).await;
+    let (status, stdout, stderr) = running.finish().await;
+    assert!(status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stderr.contains(provider.verification_uri()), "{stderr}");
+    let refresh_token = imported_refresh_token(&env, &provider).await;
+    assert_nothing_secret(&[&stdout, &stderr], &[&refresh_token, BASIC_CLIENT.secret]);
+}
+
+#[tokio::test]
+async fn authorize_sends_no_credentials_to_a_plain_http_token_endpoint_without_the_flag() {
+    let (env, _provider) = authorize_setup("plugin-authorize-errors").await;
+    let plugin = Plugin::new();
+    let output = plugin
+        .run(
+            &env,
+            &["authorize", "allegro", "--no-browser", "--timeout", "5s"],
+        )
+        .await;
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output.stderr).contains("spec.tokenEndpoint"),
+        "{}",
+        text(&output.stderr)
+    );
+    assert!(env.secret_data("allegro-import").await.is_none());
 }
