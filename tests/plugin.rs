@@ -336,6 +336,49 @@ async fn refresh_sets_a_new_annotation_and_a_wait_without_operator_times_out() {
         text(&output.stdout)
     );
 
+    // An acknowledgement that leaves the OAuthToken not Ready: exit 1, and what to do next.
+    let token = env.tokens().get("allegro").await.unwrap();
+    let third = token.metadata.annotations.unwrap()["oauth-token-operator.io/refresh"].clone();
+    let waiting = plugin.run(&env, &["refresh", "allegro", "--wait", "--timeout", "20s"]);
+    let acknowledge = async {
+        let value = wait_for(
+            "the fourth refresh request",
+            Duration::from_secs(10),
+            || async {
+                let token = env.tokens().get("allegro").await.unwrap();
+                let value =
+                    token.metadata.annotations.unwrap()["oauth-token-operator.io/refresh"].clone();
+                (value != third).then_some(value)
+            },
+        )
+        .await;
+        patch_status(
+            &env,
+            "allegro",
+            json!({
+                "lastRefreshRequest": value,
+                "lastRefreshRequestResult": "Refresh failed: invalid_grant",
+                "conditions": [
+                    {"type": "Ready", "status": "False", "reason": "InvalidGrant",
+                     "message": "rejected", "lastTransitionTime": "2026-03-01T11:00:00Z"},
+                    {"type": "ReauthorizationRequired", "status": "True", "reason": "InvalidGrant",
+                     "message": "", "lastTransitionTime": "2026-03-01T11:00:00Z"},
+                ],
+            }),
+        )
+        .await;
+    };
+    let (output, ()) = tokio::join!(waiting, acknowledge);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stdout).contains(&format!(
+            "Result: Refresh failed: invalid_grant\nReady: False (InvalidGrant): rejected\nNext step: authorize again: kubectl oauthtoken authorize allegro -n {}\n",
+            env.namespace
+        )),
+        "{}",
+        text(&output.stdout)
+    );
+
     let output = plugin.run(&env, &["refresh", "nope"]).await;
     assert_eq!(output.status.code(), Some(1));
     assert!(text(&output.stderr).contains("OAuthToken nope not found"));
@@ -663,6 +706,73 @@ async fn authorize_sends_no_credentials_to_a_plain_http_token_endpoint_without_t
         text(&output.stderr).contains("spec.tokenEndpoint"),
         "{}",
         text(&output.stderr)
+    );
+    assert!(env.secret_data("allegro-import").await.is_none());
+}
+
+#[tokio::test]
+async fn authorize_reports_a_denial_and_writes_nothing() {
+    let (env, provider) = authorize_setup("plugin-deny").await;
+    let plugin = Plugin::new();
+    // In the browser: "Deny" on the consent page.
+    let running = Running::start(
+        &plugin,
+        &env,
+        &[
+            "authorize",
+            "allegro",
+            "--no-browser",
+            "--allow-insecure-http",
+            "--timeout",
+            "40s",
+        ],
+    );
+    let url = running
+        .stderr_line("the authorization URL", printed_url)
+        .await;
+    let location = provider.deny_authorization(&url).await;
+    let page = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(location)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status().as_u16(), 400);
+    assert!(page.text().await.unwrap().contains("Authorization failed"));
+    let (status, _, stderr) = running.finish().await;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: the provider did not authorize: the authorization was denied"),
+        "{stderr}"
+    );
+
+    // In the device flow: "Deny" after entering the code.
+    let running = Running::start(
+        &plugin,
+        &env,
+        &[
+            "authorize",
+            "allegro",
+            "--device",
+            "--allow-insecure-http",
+            "--timeout",
+            "40s",
+        ],
+    );
+    let user_code = running
+        .stderr_line("the user code", |l| {
+            let rest = l.split(" and enter the code ").nth(1)?;
+            Some(rest.split(' ').next()?.to_string())
+        })
+        .await;
+    provider.deny_device(&user_code).await;
+    let (status, _, stderr) = running.finish().await;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: the authorization was denied"),
+        "{stderr}"
     );
     assert!(env.secret_data("allegro-import").await.is_none());
 }

@@ -146,11 +146,15 @@ pub async fn run(args: RefreshArgs) -> Result<ExitCode, CliError> {
             .map_err(|e| api_error("OAuthToken", name, &namespace, e))?;
         if let Some(outcome) = outcome(&token, &value) {
             print!("{}", outcome.render());
-            return Ok(if outcome.is_ready() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            });
+            if outcome.is_ready() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            // A device authorization to enter, a chain to restore: what the human does now.
+            println!(
+                "Next step: {}",
+                super::status::next_step(&token, Utc::now())
+            );
+            return Ok(ExitCode::FAILURE);
         }
         if tokio::time::Instant::now() + POLL_INTERVAL > deadline {
             return Err(CliError {
