@@ -283,7 +283,7 @@ pub async fn run(args: AuthorizeArgs) -> Result<ExitCode, CliError> {
     let settings = settings::resolve(&token, &token_client)
         .map_err(|message| CliError::new(format!("OAuthToken {name} cannot be used: {message}")))?;
     let plan = plan(&token, &settings, &args, &token_client)?;
-    let credentials = read_client(&secrets, &settings.client, &name).await?;
+    let credentials = read_client(&secrets, &settings.client, &name, &namespace).await?;
     let spec = &token.spec;
     let deadline = tokio::time::Instant::now() + args.timeout;
     let exchange = Exchange {
@@ -444,13 +444,15 @@ async fn read_client(
     secrets: &Api<Secret>,
     source: &ClientSource,
     name: &str,
+    namespace: &str,
 ) -> Result<ClientCredentials, CliError> {
     let mut cache: BTreeMap<String, Secret> = BTreeMap::new();
     let mut read = async |reference: &KeyRef| -> Result<String, CliError> {
         if !cache.contains_key(&reference.secret) {
-            let secret = secrets.get(&reference.secret).await.map_err(|e| {
-                api_error("Secret", &reference.secret, "the OAuthToken's namespace", e)
-            })?;
+            let secret = secrets
+                .get(&reference.secret)
+                .await
+                .map_err(|e| api_error("Secret", &reference.secret, namespace, e))?;
             cache.insert(reference.secret.clone(), secret);
         }
         secret_text(&cache[&reference.secret], &reference.key).ok_or_else(|| {
