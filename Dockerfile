@@ -60,11 +60,15 @@ ARG REVISION=unknown
 # The real sources. COPY keeps the files' modification times, which can be older than the
 # dummy build's outputs: touch the crate roots so cargo rebuilds the operator itself. The binary
 # goes to one path whatever the architecture; it runs here (--version) when not cross-compiled.
+# plugin/ holds the kubectl plugin: kubectl-oauthtoken, a link to the same binary (invoked under
+# that name it is `kubectl oauthtoken`), copied into the image as a link.
 COPY src src
 RUN touch src/main.rs src/lib.rs \
  && export GIT_REVISION="${REVISION}" \
  && binary=$(scripts/build-release.sh "${TARGETARCH}" | tail -n 1) \
  && cp "${binary}" oauth-token-operator \
+ && mkdir -p plugin \
+ && ln -sfn oauth-token-operator plugin/kubectl-oauthtoken \
  && case "${TARGETARCH:-native}-$(uname -m)" in \
       native-* | amd64-x86_64 | arm64-aarch64) ./oauth-token-operator --version ;; \
     esac
@@ -83,6 +87,10 @@ LABEL org.opencontainers.image.title="oauth-token-operator" \
       org.opencontainers.image.revision="${REVISION}"
 
 COPY --from=build /src/oauth-token-operator /oauth-token-operator
+# /kubectl-oauthtoken -> oauth-token-operator (a directory copy keeps the link a link). To install
+# the plugin from the image, copy the binary under the plugin's name, see README, The kubectl
+# plugin.
+COPY --from=build /src/plugin/ /
 USER 65532:65532
 # Health, readiness and metrics (--http-addr, default 0.0.0.0:8080).
 EXPOSE 8080

@@ -26,6 +26,7 @@ import subprocess
 import sys
 
 BINARY = "/oauth-token-operator"
+PLUGIN = "kubectl-oauthtoken"  # the kubectl plugin: a link to BINARY beside it, at /
 ARCHES = {"x86_64": "amd64", "aarch64": "arm64"}  # uname -m -> Docker's TARGETARCH
 
 
@@ -175,10 +176,28 @@ def main():
     if "TARGETARCH" not in declared:
         fail("the build stage must declare ARG TARGETARCH (it cross-compiles for it)")
 
-    # The runtime stage: the binary from the build stage, unprivileged, `run` by default.
+    # The runtime stage: the binary from the build stage, unprivileged, `run` by default, and
+    # the kubectl plugin's link to it.
     copies = [a for _, k, a in runtime if k == "COPY"]
+    plugin_copies = [c for c in copies if shlex.split(c)[-1] == "/"]
+    copies = [c for c in copies if c not in plugin_copies]
     if len(copies) != 1:
         fail(f"the runtime stage must copy exactly the binary, copies {copies}")
+    if len(plugin_copies) != 1:
+        fail(f"the runtime stage must copy the plugin link directory to /, copies {plugin_copies}")
+    plugin_words = shlex.split(plugin_copies[0])
+    if (len(plugin_words) != 3 or plugin_words[0] != "--from=build"
+            or not plugin_words[1].startswith(workdir + "/") or not plugin_words[1].endswith("/")):
+        fail(f"the plugin link must come from a directory of the build stage, `COPY --from=build "
+             f"{workdir}/<dir>/ /`, has {plugin_copies[0]}")
+    plugin_dir = os.path.join(staging, plugin_words[1][len(workdir) + 1:])
+    entries = sorted(os.listdir(plugin_dir)) if os.path.isdir(plugin_dir) else None
+    if entries != [PLUGIN]:
+        fail(f"{plugin_words[1]} must hold exactly the link {PLUGIN}, holds {entries}")
+    link = os.path.join(plugin_dir, PLUGIN)
+    if not os.path.islink(link) or os.readlink(link) != BINARY.lstrip("/"):
+        fail(f"{plugin_words[1]}{PLUGIN} must be a link to {BINARY.lstrip('/')} (a relative link, "
+             f"which points at {BINARY} in the image)")
     words = shlex.split(copies[0])
     if len(words) != 3 or words[0] != "--from=build" or words[2] != BINARY:
         fail(f"the runtime stage must `COPY --from=build /src/<binary> {BINARY}`, has {copies[0]}")

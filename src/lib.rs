@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod apiclient;
+pub mod cli;
 pub mod controller;
 pub mod health;
 pub mod leader;

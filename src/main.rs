@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use kube::runtime::events::Reporter;
 use oauth_token_operator::apiclient;
+use oauth_token_operator::cli;
 use oauth_token_operator::controller::{self, Context};
 use oauth_token_operator::health::{self, Progress};
 use oauth_token_operator::leader::{self, LeaseOptions};
@@ -48,7 +49,11 @@ unsafe impl Sync for JemallocOptions {}
 
 /// Keeps OAuth 2.0 access tokens fresh in Kubernetes Secrets.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    after_help = "Installed (or linked) as `kubectl-oauthtoken`, this binary is the kubectl plugin: `kubectl oauthtoken --help`."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -60,6 +65,10 @@ enum Command {
     Run(RunArgs),
     /// Print the OAuthToken CustomResourceDefinition as YAML.
     Crd,
+    /// The kubectl plugin's commands (also `kubectl oauthtoken ...` when this binary is
+    /// installed as `kubectl-oauthtoken`).
+    #[command(flatten)]
+    Plugin(cli::Command),
 }
 
 /// A flag given twice keeps its last value, so `extraArgs` in the chart can override defaults.
@@ -125,8 +134,16 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
+    // Installed or linked as `kubectl-oauthtoken`, the binary is the kubectl plugin.
+    if std::env::args_os()
+        .next()
+        .is_some_and(|argv0| cli::invoked_as_plugin(&argv0))
+    {
+        return cli::run(cli::PluginCli::parse().command);
+    }
     let cli = Cli::parse();
     match cli.command {
+        Command::Plugin(command) => cli::run(command),
         Command::Crd => {
             print!("{}", oauth_token_operator::crd_yaml());
             ExitCode::SUCCESS
