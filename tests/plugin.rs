@@ -776,3 +776,99 @@ async fn authorize_reports_a_denial_and_writes_nothing() {
     );
     assert!(env.secret_data("allegro-import").await.is_none());
 }
+
+/// The whole human path with the operator running: `authorize --device` puts a refresh token in
+/// the import Secret, the operator imports it, `refresh --wait` is acknowledged after exactly one
+/// more presentation, a second one at once is acknowledged without any, and `status` says the
+/// OAuthToken is Ready with nothing to do. Nothing secret reaches the terminal.
+#[tokio::test]
+async fn authorize_refresh_and_status_with_the_operator_running() {
+    let (env, provider) = authorize_setup("plugin-operator").await;
+    let operator = support::e2e::Operator::start(&env);
+    let plugin = Plugin::new();
+    let running = Running::start(
+        &plugin,
+        &env,
+        &[
+            "authorize",
+            "allegro",
+            "--device",
+            "--allow-insecure-http",
+            "--timeout",
+            "40s",
+        ],
+    );
+    let user_code = running
+        .stderr_line("the user code", |l| {
+            let rest = l.split(" and enter the code ").nth(1)?;
+            Some(rest.split(' ').next()?.to_string())
+        })
+        .await;
+    provider.approve_device(&user_code).await;
+    let (status, stdout, stderr) = running.finish().await;
+    assert!(status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let mut outputs = vec![stdout, stderr];
+    env.wait_for_condition(
+        "allegro",
+        "Ready",
+        ("True", "TokenValid"),
+        Duration::from_secs(30),
+    )
+    .await;
+    // The import was one presentation; let spec.minRefreshInterval (10 s) pass.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let before = provider.stats().await.grant_type("refresh_token");
+
+    let output = plugin
+        .run(&env, &["refresh", "allegro", "--wait", "--timeout", "30s"])
+        .await;
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    assert!(
+        output.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("Refreshed"), "{stdout}");
+    assert_eq!(
+        provider.stats().await.grant_type("refresh_token"),
+        before + 1
+    );
+    outputs.extend([stdout, stderr]);
+
+    let output = plugin
+        .run(&env, &["refresh", "allegro", "--wait", "--timeout", "30s"])
+        .await;
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    assert!(
+        output.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stdout.contains("Not refreshed: the last token request was at"),
+        "{stdout}"
+    );
+    assert_eq!(
+        provider.stats().await.grant_type("refresh_token"),
+        before + 1,
+        "too soon: acknowledged without a token request"
+    );
+    outputs.extend([stdout, stderr]);
+
+    let output = plugin.run(&env, &["status", "allegro"]).await;
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(stdout.contains("TokenValid"), "{stdout}");
+    outputs.push(stdout);
+
+    let stats = provider.stats().await;
+    assert_eq!(stats.error("invalid_grant"), 0, "{stats:?}");
+    let issued = provider.issued_secrets().await;
+    let outputs: Vec<&str> = outputs.iter().map(String::as_str).collect();
+    let mut secrets: Vec<&str> = issued.iter().map(String::as_str).collect();
+    secrets.push(BASIC_CLIENT.secret);
+    assert_nothing_secret(&outputs, &secrets);
+    let values = support::e2e::SecretValues::default();
+    for secret in &secrets {
+        values.add(secret);
+    }
+    operator.assert_no_secret_in_logs(&values);
+}
