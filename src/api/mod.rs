@@ -321,7 +321,8 @@ pub struct RefreshTokenGrant {
     /// authorization at `deviceAuthorizationEndpoint`.
     #[serde(default, skip_serializing_if = "Reauthorization::is_import")]
     pub reauthorization: Reauthorization,
-    /// The provider's device authorization endpoint, for `reauthorization: DeviceCode`.
+    /// The provider's device authorization endpoint, for `reauthorization: DeviceCode` and for
+    /// `kubectl oauthtoken authorize --device`. It must be on the token endpoint's origin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048))]
     pub device_authorization_endpoint: Option<String>,

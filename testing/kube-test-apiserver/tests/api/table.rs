@@ -152,7 +152,9 @@ async fn list_as_table_uses_the_crd_printer_columns() {
             "Age",
             "Secret",
             "Failed Attempts",
-            "Reauthorization Required"
+            "Reauthorization Required",
+            "User Code",
+            "Verification URI"
         ]
     );
     let cols = table["columnDefinitions"].as_array().unwrap();
@@ -176,14 +178,15 @@ async fn list_as_table_uses_the_crd_printer_columns() {
     assert_eq!(
         types,
         [
-            "string", "string", "string", "string", "string", "date", "string", "integer", "string"
+            "string", "string", "string", "string", "string", "date", "string", "integer",
+            "string", "string", "string"
         ]
     );
     let priorities: Vec<i64> = cols
         .iter()
         .map(|c| c["priority"].as_i64().unwrap())
         .collect();
-    assert_eq!(priorities, [0, 0, 0, 0, 0, 0, 1, 1, 1]);
+    assert_eq!(priorities, [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1]);
 
     let rows = table["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 2);
@@ -206,8 +209,11 @@ async fn list_as_table_uses_the_crd_printer_columns() {
     assert_eq!((next - expires).num_minutes(), 150);
     // date columns are ages like on a real apiserver
     assert_seconds(&ready[5]);
-    // the last wide column: the ReauthorizationRequired condition's status
+    // a wide column: the ReauthorizationRequired condition's status
     assert_eq!(ready[8], "False");
+    // no device authorization pending: no user code, no verification URI
+    assert_eq!(ready[9], Value::Null);
+    assert_eq!(ready[10], Value::Null);
 
     // includeObject defaults to Metadata: PartialObjectMetadata
     let obj = &rows[1]["object"];
