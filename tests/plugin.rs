@@ -503,6 +503,35 @@ async fn authorize_setup(test: &str) -> (Env, OidcProvider) {
     (env, provider)
 }
 
+/// Runs `authorize --device` for `allegro` and enters the user code it prints at the provider,
+/// as a human would: the exit status, stdout and stderr.
+async fn authorize_by_device(
+    plugin: &Plugin,
+    env: &Env,
+    provider: &OidcProvider,
+) -> (ExitStatus, String, String) {
+    let running = Running::start(
+        plugin,
+        env,
+        &[
+            "authorize",
+            "allegro",
+            "--device",
+            "--allow-insecure-http",
+            "--timeout",
+            "40s",
+        ],
+    );
+    let user_code = running
+        .stderr_line("the user code", |l| {
+            let rest = l.split(" and enter the code ").nth(1)?;
+            Some(rest.split(' ').next()?.to_string())
+        })
+        .await;
+    provider.approve_device(&user_code).await;
+    running.finish().await
+}
+
 /// The refresh token now in the import Secret, after checking that the provider accepts it.
 async fn imported_refresh_token(env: &Env, provider: &OidcProvider) -> String {
     let data = env
@@ -665,26 +694,7 @@ async fn authorize_by_pasting_the_redirect_patches_only_the_key() {
 async fn authorize_with_the_device_flow_writes_the_import_secret() {
     let (env, provider) = authorize_setup("plugin-device").await;
     let plugin = Plugin::new();
-    let running = Running::start(
-        &plugin,
-        &env,
-        &[
-            "authorize",
-            "allegro",
-            "--device",
-            "--allow-insecure-http",
-            "--timeout",
-            "40s",
-        ],
-    );
-    let user_code = running
-        .stderr_line("the user code", |l| {
-            let rest = l.split(" and enter the code ").nth(1)?;
-            Some(rest.split(' ').next()?.to_string())
-        })
-        .await;
-    provider.approve_device(&user_code).await;
-    let (status, stdout, stderr) = running.finish().await;
+    let (status, stdout, stderr) = authorize_by_device(&plugin, &env, &provider).await;
     assert!(status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stderr.contains(provider.verification_uri()), "{stderr}");
     let refresh_token = imported_refresh_token(&env, &provider).await;
@@ -786,26 +796,7 @@ async fn authorize_refresh_and_status_with_the_operator_running() {
     let (env, provider) = authorize_setup("plugin-operator").await;
     let operator = support::e2e::Operator::start(&env);
     let plugin = Plugin::new();
-    let running = Running::start(
-        &plugin,
-        &env,
-        &[
-            "authorize",
-            "allegro",
-            "--device",
-            "--allow-insecure-http",
-            "--timeout",
-            "40s",
-        ],
-    );
-    let user_code = running
-        .stderr_line("the user code", |l| {
-            let rest = l.split(" and enter the code ").nth(1)?;
-            Some(rest.split(' ').next()?.to_string())
-        })
-        .await;
-    provider.approve_device(&user_code).await;
-    let (status, stdout, stderr) = running.finish().await;
+    let (status, stdout, stderr) = authorize_by_device(&plugin, &env, &provider).await;
     assert!(status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     let mut outputs = vec![stdout, stderr];
     env.wait_for_condition(

@@ -486,7 +486,8 @@ async fn receive_callback(
     deadline: tokio::time::Instant,
 ) -> Result<SecretString, CliError> {
     let (sender, mut receiver) = mpsc::channel::<Result<SecretString, CliError>>(1);
-    let base = Url::parse(redirect_uri).expect("the loopback redirect URI is a URL");
+    let base = Url::parse(redirect_uri)
+        .map_err(|_| CliError::new(format!("{redirect_uri} is not a URL")))?;
     let state = state.to_string();
     let app = axum::Router::new().route(
         "/callback",
@@ -664,13 +665,12 @@ async fn write_import(
             .await
             .map_err(failed)?;
     } else {
-        let secret: Secret = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": import.secret},
-            "type": "Opaque",
-        }))
-        .expect("a Secret");
         let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(import.secret.clone()),
+                ..Default::default()
+            },
+            type_: Some("Opaque".to_string()),
             data: Some(
                 [(
                     import.key.clone(),
@@ -678,7 +678,7 @@ async fn write_import(
                 )]
                 .into(),
             ),
-            ..secret
+            ..Default::default()
         };
         secrets
             .create(&PostParams::default(), &secret)

@@ -20,8 +20,8 @@ Ask the operator to refresh an OAuthToken now: the annotation oauth-token-operat
 set to a new value (the current time, to the nanosecond). The operator refreshes once per new
 value, or only acknowledges it when the last refresh is more recent than
 spec.minRefreshInterval, and records the value in status.lastRefreshRequest with what became of
-it in status.lastRefreshRequestResult. For an OAuthToken that authorizes itself with the device
-flow, a refresh request starts a new device authorization at once.
+it in status.lastRefreshRequestResult. For an OAuthToken waiting for a device authorization
+whose code expired or was declined, a refresh request starts a new one at once.
 
 With --wait the command waits for that record, prints the result and the Ready condition, and
 exits 0 when Ready is True, 1 when it is not, 2 when --timeout passed first.";
