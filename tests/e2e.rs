@@ -1671,3 +1671,42 @@ async fn e2e_device_flow_keeps_what_it_redeemed_through_an_api_outage() {
     secrets.collect(&env, "shop", "shop-token").await;
     assert_nothing_issued_leaked(&env, &provider, &secrets, &operator, "shop").await;
 }
+
+/// A device authorization that cannot start (the endpoint answers 404) is a failure with a
+/// back-off, and nothing claims the grant works.
+#[tokio::test]
+async fn e2e_device_authorization_that_cannot_start_claims_nothing() {
+    let (env, provider, secrets) = setup("devicefail", 30).await;
+    let operator = Operator::start(&env);
+    secrets.add(BASIC_CLIENT.secret);
+    env.apply_client_secret("shop-client", BASIC_CLIENT).await;
+    let missing = format!("{}/no-such-device-endpoint", provider.issuer());
+    env.apply_token(
+        "shop",
+        json!({
+            "tokenEndpoint": provider.token_endpoint(),
+            "clientSecretRef": {"name": "shop-client"},
+            "grant": {"deviceCode": {"deviceAuthorizationEndpoint": missing}},
+            "secretName": "shop-token",
+        }),
+    )
+    .await;
+    wait_for(
+        "the failure to be reported",
+        Duration::from_secs(20),
+        || async {
+            let status = env.status("shop").await;
+            (status["failedAttempts"].as_u64()? >= 1).then_some(())
+        },
+    )
+    .await;
+    let ready = env.condition("shop", "Ready").await.unwrap();
+    assert_eq!(ready.0, "False", "{ready:?}");
+    assert_ne!(
+        env.condition("shop", "ReauthorizationRequired").await,
+        Some(("False".into(), "Authorized".into())),
+        "no refresh token was ever obtained"
+    );
+    assert!(env.status("shop").await["authorization"].is_null());
+    operator.assert_no_secret_in_logs(&secrets);
+}

@@ -385,8 +385,13 @@ pub fn desired(
                             format!("{}; refreshing failed: {error}", valid_message(state)),
                         ),
                     }
-                    if *imported
-                        || conditions::get(&next.conditions, REAUTHORIZATION_REQUIRED).is_none()
+                    // Without a refresh token (a device authorization that could not start)
+                    // nothing says the grant works.
+                    let no_chain = conditions.uses_refresh_tokens && state.refresh_token.is_none();
+                    if !no_chain
+                        && (*imported
+                            || conditions::get(&next.conditions, REAUTHORIZATION_REQUIRED)
+                                .is_none())
                     {
                         authorized(&mut next);
                     }
