@@ -11,6 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 
+use crate::api::conditions::reason;
 use crate::oauth::DeviceAuthorization;
 use crate::oauth::device::{MAX_POLL_INTERVAL, SLOW_DOWN_INCREMENT};
 
@@ -137,6 +138,18 @@ pub fn next_step(
             _ => Step::Start,
         },
     }
+}
+
+/// The `Ready` reason of a device authorization that ended (expired, declined, or without a
+/// refresh token), as the constant; `None` for any other reason.
+pub fn ended_reason(ready_reason: &str) -> Option<&'static str> {
+    [
+        reason::AUTHORIZATION_EXPIRED,
+        reason::ACCESS_DENIED,
+        reason::NO_REFRESH_TOKEN,
+    ]
+    .into_iter()
+    .find(|ended| *ended == ready_reason)
 }
 
 /// The wait before a new authorization starts on its own after the `ended`-th that expired or

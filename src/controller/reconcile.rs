@@ -701,19 +701,16 @@ impl Run<'_> {
             &spec.extra_parameters,
         ])
         .to_string();
-        let mut session = match self.ctx.device_sessions.take(&uid) {
+        let session = match self.ctx.device_sessions.take(&uid) {
             // Redeemed earlier, not yet taken by the chain: offered again, never redeemed twice.
             Some(Pending::Redeemed(redeemed)) => return Ok(DeviceFlow::Authorized(redeemed)),
             Some(Pending::Polling(session)) => Some(session).filter(|s| s.request == request_key),
             None => None,
         };
         let previous_reason = status::ready_reason(self.previous);
-        let earlier_end = match previous_reason.as_deref() {
-            Some(reason::AUTHORIZATION_EXPIRED) => Some(reason::AUTHORIZATION_EXPIRED),
-            Some(reason::ACCESS_DENIED) => Some(reason::ACCESS_DENIED),
-            Some(reason::NO_REFRESH_TOKEN) => Some(reason::NO_REFRESH_TOKEN),
-            _ => None,
-        };
+        let earlier_end = previous_reason
+            .as_deref()
+            .and_then(super::device::ended_reason);
         // An authorization started after an earlier one ended keeps that count in
         // failedAttempts while it is pending: the back-off grows with every end in a row.
         let ends_in_a_row = if earlier_end.is_some()
@@ -758,8 +755,9 @@ impl Run<'_> {
                 ended: ends,
             })
         };
-        match super::device::next_step(session.as_ref(), restart_at, requested, self.now) {
-            Step::RestartAt(restart_at) => {
+        let step = super::device::next_step(session.as_ref(), restart_at, requested, self.now);
+        match (step, session) {
+            (Step::RestartAt(restart_at), _) => {
                 let why = earlier_end.unwrap_or(reason::AUTHORIZATION_EXPIRED);
                 let message = conditions::get(&self.previous.conditions, conditions::READY)
                     .map(|c| c.message.clone())
@@ -771,14 +769,14 @@ impl Run<'_> {
                     ended: ends_in_a_row,
                 }))
             }
-            Step::WaitUntil(_) => {
-                let session = session.take().unwrap_or_else(|| unreachable!());
+            (Step::WaitUntil(_), Some(session)) => {
                 let outcome = authorizing(&session, ended);
                 self.ctx.device_sessions.put(&uid, session);
                 Ok(outcome)
             }
-            Step::Expired => Ok(end(reason::AUTHORIZATION_EXPIRED)),
-            Step::Start => {
+            (Step::Expired, _) => Ok(end(reason::AUTHORIZATION_EXPIRED)),
+            // `next_step` waits or polls only with a session; without one, start.
+            (Step::Start, _) | (Step::WaitUntil(_) | Step::Poll, None) => {
                 if let Some(until) = self.admit(settings, &binding).await {
                     return Ok(DeviceFlow::Outcome(Outcome::Deferred { until }));
                 }
@@ -811,8 +809,7 @@ impl Run<'_> {
                     ))),
                 }
             }
-            Step::Poll => {
-                let mut session = session.take().unwrap_or_else(|| unreachable!());
+            (Step::Poll, Some(mut session)) => {
                 if let Some(until) = self.admit(settings, &binding).await {
                     session.next_poll = until;
                     let outcome = authorizing(&session, ended);

@@ -61,11 +61,6 @@ pub struct Settings {
     pub target_secret: String,
     /// The budget this OAuthToken declares for its token endpoint's origin, if any.
     pub budget: Option<Limit>,
-    /// `spec.minRefreshInterval`: refreshes asked for sooner after the last one are only
-    /// acknowledged.
-    pub min_refresh_interval: Duration,
-    /// `spec.refreshTokenExpiryWarning`.
-    pub refresh_token_expiry_warning: Duration,
 }
 
 impl Settings {
@@ -274,25 +269,16 @@ pub fn resolve(token: &OAuthToken, token_client: &TokenClient) -> Result<Setting
         None => None,
     };
 
-    let min_refresh_interval = parse_duration(
-        spec.min_refresh_interval
-            .as_deref()
-            .unwrap_or(DEFAULT_MIN_REFRESH_INTERVAL),
-    )
-    .map_err(|e| format!("spec.minRefreshInterval: {e}"))?;
-    let refresh_token_expiry_warning = match &spec.refresh_token_expiry_warning {
-        Some(_) if grant == GrantSettings::ClientCredentials => {
-            return Err(
-                "spec.refreshTokenExpiryWarning only applies to grants with refresh tokens; the clientCredentials grant has none"
-                    .to_string(),
-            );
-        }
-        text => parse_duration(
-            text.as_deref()
-                .unwrap_or(DEFAULT_REFRESH_TOKEN_EXPIRY_WARNING),
-        )
-        .map_err(|e| format!("spec.refreshTokenExpiryWarning: {e}"))?,
-    };
+    // Read where they are used (before the rest of the spec: a refresh request is judged
+    // first); checked here so that a bad value is InvalidSpec.
+    min_refresh_interval(spec)?;
+    if spec.refresh_token_expiry_warning.is_some() && grant == GrantSettings::ClientCredentials {
+        return Err(
+            "spec.refreshTokenExpiryWarning only applies to grants with refresh tokens; the clientCredentials grant has none"
+                .to_string(),
+        );
+    }
+    refresh_token_expiry_warning(spec)?;
 
     let target_secret = token.target_secret_name();
     check_secret_name("spec.secretName", &target_secret)?;
@@ -324,9 +310,27 @@ pub fn resolve(token: &OAuthToken, token_client: &TokenClient) -> Result<Setting
         refresh_token_lifetime,
         target_secret,
         budget,
-        min_refresh_interval,
-        refresh_token_expiry_warning,
     })
+}
+
+/// `spec.minRefreshInterval`, or its default.
+pub fn min_refresh_interval(spec: &OAuthTokenSpec) -> Result<Duration, String> {
+    parse_duration(
+        spec.min_refresh_interval
+            .as_deref()
+            .unwrap_or(DEFAULT_MIN_REFRESH_INTERVAL),
+    )
+    .map_err(|e| format!("spec.minRefreshInterval: {e}"))
+}
+
+/// `spec.refreshTokenExpiryWarning`, or its default.
+pub fn refresh_token_expiry_warning(spec: &OAuthTokenSpec) -> Result<Duration, String> {
+    parse_duration(
+        spec.refresh_token_expiry_warning
+            .as_deref()
+            .unwrap_or(DEFAULT_REFRESH_TOKEN_EXPIRY_WARNING),
+    )
+    .map_err(|e| format!("spec.refreshTokenExpiryWarning: {e}"))
 }
 
 /// A device authorization endpoint gets the client's credentials, so it must be on the token

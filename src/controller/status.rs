@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
+use super::settings;
 use super::state::{TokenState, rfc3339};
 use crate::api::conditions::{
     self, FALSE, READY, REAUTHORIZATION_REQUIRED, REFRESH_TOKEN_EXPIRING, TRUE, UNKNOWN, reason,
@@ -245,15 +246,9 @@ pub fn desired(
             next.next_refresh_at = None;
             // failedAttempts counts authorizations that ended in a row (the back-off of the
             // next); failures of the chain before it count no more.
-            let after_an_end = matches!(
-                ready_reason(previous).as_deref(),
-                Some(
-                    reason::AUTHORIZATION_EXPIRED
-                        | reason::ACCESS_DENIED
-                        | reason::NO_REFRESH_TOKEN
-                        | reason::AUTHORIZATION_PENDING
-                )
-            );
+            let after_an_end = ready_reason(previous).is_some_and(|r| {
+                r == reason::AUTHORIZATION_PENDING || super::device::ended_reason(&r).is_some()
+            });
             if !after_an_end {
                 next.failed_attempts = 0;
                 next.last_failure_at = None;
@@ -444,24 +439,16 @@ pub fn uses_refresh_tokens(token: &OAuthToken) -> bool {
 /// `spec.refreshTokenExpiryWarning`, or its default (a spec where it does not parse is blocked
 /// with InvalidSpec anyway).
 pub fn expiry_warning(token: &OAuthToken) -> std::time::Duration {
-    token
-        .spec
-        .refresh_token_expiry_warning
-        .as_deref()
-        .and_then(|text| parse_duration(text).ok())
-        .or_else(|| parse_duration(DEFAULT_REFRESH_TOKEN_EXPIRY_WARNING).ok())
+    settings::refresh_token_expiry_warning(&token.spec)
+        .or_else(|_| parse_duration(DEFAULT_REFRESH_TOKEN_EXPIRY_WARNING))
         .unwrap_or_default()
 }
 
 /// `spec.minRefreshInterval`, or its default (a spec where it does not parse is blocked with
 /// InvalidSpec anyway).
 pub fn min_refresh_interval(token: &OAuthToken) -> std::time::Duration {
-    token
-        .spec
-        .min_refresh_interval
-        .as_deref()
-        .and_then(|text| parse_duration(text).ok())
-        .or_else(|| parse_duration(DEFAULT_MIN_REFRESH_INTERVAL).ok())
+    settings::min_refresh_interval(&token.spec)
+        .or_else(|_| parse_duration(DEFAULT_MIN_REFRESH_INTERVAL))
         .unwrap_or_default()
 }
 
